@@ -1,0 +1,97 @@
+// Device helpers for the raw-pointer kernels: element loads/stores in the accumulation type,
+// block reductions and the runtime dtype dispatch. CUDA headers only.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "common/kernel_dtype.h"
+
+namespace jem_fast {
+namespace cuda {
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <typename T> using acc_t = typename AccOf<T>::type;
+
+__device__ __forceinline__ float load_acc(const float* p) { return *p; }
+__device__ __forceinline__ double load_acc(const double* p) { return *p; }
+__device__ __forceinline__ float load_acc(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ float load_acc(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+
+template <typename T> __device__ __forceinline__ T store_cast(double v);
+template <> __device__ __forceinline__ float store_cast<float>(double v) { return static_cast<float>(v); }
+template <> __device__ __forceinline__ double store_cast<double>(double v) { return v; }
+template <> __device__ __forceinline__ __half store_cast<__half>(double v) {
+  return __float2half_rn(static_cast<float>(v));
+}
+template <> __device__ __forceinline__ __nv_bfloat16 store_cast<__nv_bfloat16>(double v) {
+  return __float2bfloat16_rn(static_cast<float>(v));
+}
+template <typename T> __device__ __forceinline__ T store_cast_f(float v) {
+  return store_cast<T>(static_cast<double>(v));
+}
+template <> __device__ __forceinline__ float store_cast_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half store_cast_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 store_cast_f<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Sum of `v` over the block; every thread gets the result. blockDim.x * y must be a multiple of
+// 32 and at most 1024. `shared` holds at least 32 values.
+template <typename T>
+__device__ T block_reduce_sum(T v, T* shared) {
+  const int tid = threadIdx.x + threadIdx.y * blockDim.x;
+  const int nthreads = blockDim.x * blockDim.y;
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  __syncthreads();  // `shared` may still be read by a previous call
+  if ((tid & 31) == 0) shared[tid >> 5] = v;
+  __syncthreads();
+  const int nwarps = nthreads >> 5;
+  v = tid < nwarps ? shared[tid] : T(0);
+  if (tid < 32) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+    if (tid == 0) shared[0] = v;
+  }
+  __syncthreads();
+  return shared[0];
+}
+
+inline void check_launch(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("jem_fast: CUDA launch of ") + what +
+                             " failed: " + cudaGetErrorString(err));
+  }
+}
+
+// Calls f(T{}) with T the CUDA element type for `dtype`.
+template <typename F>
+void dispatch_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32: f(float{}); break;
+    case DType::kFloat64: f(double{}); break;
+    case DType::kFloat16: f(__half{}); break;
+    case DType::kBFloat16: f(__nv_bfloat16{}); break;
+  }
+}
+
+template <typename F>
+void dispatch_acc(bool is_double, F&& f) {
+  if (is_double) {
+    f(double{});
+  } else {
+    f(float{});
+  }
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace cuda
+}  // namespace jem_fast

@@ -1,0 +1,105 @@
+// Barlow Twins CPU kernels: the O(D) finalize (batch-norm statistics, the on-diagonal terms) and
+// the fused gradient (cross-correlation gradient + batch-norm backward in two passes).
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "losses/covariance_kernels.h"
+
+namespace jem_fast {
+namespace covariance {
+
+namespace {
+constexpr double kBatchNormEps = 1e-5;  // F.batch_norm's default, what lightly uses
+constexpr int64_t kColBlock = 32;
+}  // namespace
+
+template <typename T>
+int barlow_twins_finalize_cpu(const T* moments, int64_t N, int64_t D, bool gram_route,
+                              T* colstats, T* terms) {
+  const double n = static_cast<double>(N);
+  double on_diag = 0.0, diagsq = 0.0;
+  int flags = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    const double sa = moments[kSumA * D + d], sb = moments[kSumB * D + d];
+    const double saa = moments[kSumAA * D + d], sbb = moments[kSumBB * D + d];
+    const double sab = moments[kSumAB * D + d];
+    if (!std::isfinite(sa) || !std::isfinite(saa)) flags |= kNonFiniteA;
+    if (!std::isfinite(sb) || !std::isfinite(sbb)) flags |= kNonFiniteB;
+    const double var_a = std::max(saa - sa * sa / n, 0.0) / n;  // biased, as batch norm
+    const double var_b = std::max(sbb - sb * sb / n, 0.0) / n;
+    const double inv_std_a = 1.0 / std::sqrt(var_a + kBatchNormEps);
+    const double inv_std_b = 1.0 / std::sqrt(var_b + kBatchNormEps);
+    const double c = (sab - sa * sb / n) * inv_std_a * inv_std_b / n;
+    on_diag += (c - 1.0) * (c - 1.0);
+    diagsq += c * c;
+    colstats[kMeanA * D + d] = static_cast<T>(moments[kShiftA * D + d] + sa / n);
+    colstats[kMeanB * D + d] = static_cast<T>(moments[kShiftB * D + d] + sb / n);
+    colstats[kStat2A * D + d] = static_cast<T>(inv_std_a);
+    colstats[kStat2B * D + d] = static_cast<T>(inv_std_b);
+    colstats[kStat3A * D + d] = static_cast<T>(c);
+    colstats[kStat3B * D + d] = static_cast<T>(0);
+  }
+  if (!std::isfinite(on_diag) && flags == 0) flags = kNonFiniteA | kNonFiniteB;
+  terms[0] = static_cast<T>(on_diag);
+  terms[1] = static_cast<T>(gram_route ? -diagsq : 0.0);
+  return flags;
+}
+
+template <typename T>
+void barlow_twins_backward_view_cpu(const T* grad_terms, const T* y, const T* self_norm,
+                                    const T* other_norm, const T* colstats, int view, int64_t N,
+                                    int64_t D, T* grad) {
+  const double n = static_cast<double>(N);
+  const double g0 = grad_terms[0], g1 = grad_terms[1];
+  const double alpha = 2.0 * g1 / (n * n);
+  const T* inv_std = colstats + (view == 0 ? kStat2A : kStat2B) * D;
+  const T* c_diag = colstats + kStat3A * D;
+  const int64_t num_blocks = (D + kColBlock - 1) / kColBlock;
+  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+    double sum_y[kColBlock], sum_ya[kColBlock], sum_b[kColBlock], sum_ba[kColBlock];
+    double coef[kColBlock], mean_da[kColBlock], mean_daa[kColBlock];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t c0 = blk * kColBlock;
+      const int64_t width = std::min(kColBlock, D - c0);
+      for (int64_t j = 0; j < width; ++j) sum_y[j] = sum_ya[j] = sum_b[j] = sum_ba[j] = 0.0;
+      for (int64_t r = 0; r < N; ++r) {
+        const int64_t off = r * D + c0;
+        for (int64_t j = 0; j < width; ++j) {
+          const double yv = y[off + j], a = self_norm[off + j], b = other_norm[off + j];
+          sum_y[j] += yv;
+          sum_ya[j] += yv * a;
+          sum_b[j] += b;
+          sum_ba[j] += b * a;
+        }
+      }
+      for (int64_t j = 0; j < width; ++j) {
+        const double c = c_diag[c0 + j];
+        coef[j] = 2.0 * (g0 * (c - 1.0) - g1 * c) / n;
+        mean_da[j] = (alpha * sum_y[j] + coef[j] * sum_b[j]) / n;
+        mean_daa[j] = (alpha * sum_ya[j] + coef[j] * sum_ba[j]) / n;
+      }
+      for (int64_t r = 0; r < N; ++r) {
+        const int64_t off = r * D + c0;
+        for (int64_t j = 0; j < width; ++j) {
+          const double a = self_norm[off + j];
+          const double da = alpha * y[off + j] + coef[j] * other_norm[off + j];
+          grad[off + j] =
+              static_cast<T>(inv_std[c0 + j] * (da - mean_da[j] - a * mean_daa[j]));
+        }
+      }
+    }
+  });
+}
+
+#define JEM_INSTANTIATE(T)                                                                     \
+  template int barlow_twins_finalize_cpu<T>(const T*, int64_t, int64_t, bool, T*, T*);        \
+  template void barlow_twins_backward_view_cpu<T>(const T*, const T*, const T*, const T*,     \
+                                                  const T*, int, int64_t, int64_t, T*);
+JEM_INSTANTIATE(float)
+JEM_INSTANTIATE(double)
+#undef JEM_INSTANTIATE
+
+}  // namespace covariance
+}  // namespace jem_fast

@@ -1,0 +1,189 @@
+// Barlow Twins CUDA kernels: the O(D) finalize (batch-norm statistics and the on-diagonal terms,
+// one block, deterministic) and the gradient through the batch norm: a split-row column
+// reduction followed by one elementwise pass that writes the gradient once.
+#include <cmath>
+
+#include "common/cuda_utils.cuh"
+#include "losses/covariance_kernels.h"
+
+namespace jem_fast {
+namespace covariance {
+
+using cuda::acc_t;
+using cuda::ceil_div;
+using cuda::load_acc;
+
+namespace {
+
+constexpr double kBatchNormEps = 1e-5;  // F.batch_norm's default, what lightly uses
+constexpr int kFinalizeThreads = 1024;
+constexpr int kTileCols = 32;
+constexpr int kTileRows = 8;
+constexpr int kNumSums = 4;  // sum y, sum y*self, sum other, sum other*self
+
+template <typename A>
+__global__ void barlow_twins_finalize_kernel(const A* __restrict__ partials, int64_t num_splits,
+                                             int64_t N, int64_t D, bool gram_route,
+                                             A* __restrict__ colstats, A* __restrict__ terms,
+                                             int* __restrict__ flags) {
+  __shared__ double shared[32];
+  __shared__ int shared_flags;
+  if (threadIdx.x == 0) shared_flags = 0;
+  __syncthreads();
+  const double n = static_cast<double>(N);
+  double on_diag = 0.0, diagsq = 0.0;
+  int local_flags = 0;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    double s[kNumMoments - 2] = {0, 0, 0, 0, 0, 0};
+    for (int64_t k = 0; k < num_splits; ++k) {
+      const A* p = partials + k * kNumMoments * D;
+#pragma unroll
+      for (int m = 0; m < kNumMoments - 2; ++m) s[m] += static_cast<double>(p[m * D + d]);
+    }
+    if (!isfinite(s[kSumA]) || !isfinite(s[kSumAA])) local_flags |= kNonFiniteA;
+    if (!isfinite(s[kSumB]) || !isfinite(s[kSumBB])) local_flags |= kNonFiniteB;
+    const double var_a = fmax(s[kSumAA] - s[kSumA] * s[kSumA] / n, 0.0) / n;
+    const double var_b = fmax(s[kSumBB] - s[kSumB] * s[kSumB] / n, 0.0) / n;
+    const double inv_std_a = 1.0 / sqrt(var_a + kBatchNormEps);
+    const double inv_std_b = 1.0 / sqrt(var_b + kBatchNormEps);
+    const double c = (s[kSumAB] - s[kSumA] * s[kSumB] / n) * inv_std_a * inv_std_b / n;
+    on_diag += (c - 1.0) * (c - 1.0);
+    diagsq += c * c;
+    colstats[kMeanA * D + d] = static_cast<A>(static_cast<double>(partials[kShiftA * D + d]) + s[kSumA] / n);
+    colstats[kMeanB * D + d] = static_cast<A>(static_cast<double>(partials[kShiftB * D + d]) + s[kSumB] / n);
+    colstats[kStat2A * D + d] = static_cast<A>(inv_std_a);
+    colstats[kStat2B * D + d] = static_cast<A>(inv_std_b);
+    colstats[kStat3A * D + d] = static_cast<A>(c);
+    colstats[kStat3B * D + d] = A(0);
+  }
+  if (local_flags) atomicOr(&shared_flags, local_flags);
+  on_diag = cuda::block_reduce_sum<double>(on_diag, shared);
+  diagsq = cuda::block_reduce_sum<double>(diagsq, shared);
+  if (threadIdx.x == 0) {
+    int f = shared_flags;
+    if (!isfinite(on_diag) && f == 0) f = kNonFiniteA | kNonFiniteB;
+    *flags = f;
+    terms[0] = static_cast<A>(on_diag);
+    terms[1] = static_cast<A>(gram_route ? -diagsq : 0.0);
+  }
+}
+
+// Per-column partial sums over a split of rows: y, y * self, other, other * self.
+template <typename T>
+__global__ void barlow_column_sums_kernel(const acc_t<T>* __restrict__ y,
+                                          const T* __restrict__ self_norm,
+                                          const T* __restrict__ other_norm, int64_t N, int64_t D,
+                                          int64_t rows_per_split, acc_t<T>* __restrict__ partials) {
+  using A = acc_t<T>;
+  __shared__ A shared[kNumSums][kTileRows][kTileCols];
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kTileCols + threadIdx.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_split;
+  const int64_t r1 = r0 + rows_per_split < N ? r0 + rows_per_split : N;
+  A acc[kNumSums] = {A(0), A(0), A(0), A(0)};
+  if (col < D) {
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += kTileRows) {
+      const int64_t i = r * D + col;
+      const A yv = y[i], a = load_acc(self_norm + i), b = load_acc(other_norm + i);
+      acc[0] += yv;
+      acc[1] += yv * a;
+      acc[2] += b;
+      acc[3] += b * a;
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < kNumSums; ++m) shared[m][threadIdx.y][threadIdx.x] = acc[m];
+  __syncthreads();
+  if (threadIdx.y == 0 && col < D) {
+    A* out = partials + static_cast<int64_t>(blockIdx.y) * kNumSums * D;
+#pragma unroll
+    for (int m = 0; m < kNumSums; ++m) {
+      A s = A(0);
+      for (int yy = 0; yy < kTileRows; ++yy) s += shared[m][yy][threadIdx.x];
+      out[m * D + col] = s;
+    }
+  }
+}
+
+template <typename T>
+__global__ void barlow_backward_apply_kernel(const acc_t<T>* __restrict__ grad_terms,
+                                             const acc_t<T>* __restrict__ y,
+                                             const T* __restrict__ self_norm,
+                                             const T* __restrict__ other_norm,
+                                             const acc_t<T>* __restrict__ colstats, int view,
+                                             int64_t N, int64_t D, int64_t num_splits,
+                                             int64_t rows_per_split,
+                                             const acc_t<T>* __restrict__ partials,
+                                             T* __restrict__ grad) {
+  using A = acc_t<T>;
+  __shared__ A s_coef[kTileCols], s_mean_da[kTileCols], s_mean_daa[kTileCols];
+  const A n = static_cast<A>(N);
+  const A g0 = grad_terms[0], g1 = grad_terms[1];
+  const A alpha = A(2) * g1 / (n * n);
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kTileCols + threadIdx.x;
+  if (threadIdx.y == 0 && col < D) {
+    A sums[kNumSums] = {A(0), A(0), A(0), A(0)};
+    for (int64_t k = 0; k < num_splits; ++k) {
+#pragma unroll
+      for (int m = 0; m < kNumSums; ++m) sums[m] += partials[(k * kNumSums + m) * D + col];
+    }
+    const A c = colstats[kStat3A * D + col];
+    const A coef = A(2) * (g0 * (c - A(1)) - g1 * c) / n;
+    s_coef[threadIdx.x] = coef;
+    s_mean_da[threadIdx.x] = (alpha * sums[0] + coef * sums[2]) / n;
+    s_mean_daa[threadIdx.x] = (alpha * sums[1] + coef * sums[3]) / n;
+  }
+  __syncthreads();
+  if (col >= D) return;
+  const A inv_std = colstats[(view == 0 ? kStat2A : kStat2B) * D + col];
+  const A coef = s_coef[threadIdx.x], mean_da = s_mean_da[threadIdx.x],
+          mean_daa = s_mean_daa[threadIdx.x];
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_split;
+  const int64_t r1 = r0 + rows_per_split < N ? r0 + rows_per_split : N;
+  for (int64_t r = r0 + threadIdx.y; r < r1; r += kTileRows) {
+    const int64_t i = r * D + col;
+    const A a = load_acc(self_norm + i);
+    const A da = alpha * y[i] + coef * load_acc(other_norm + i);
+    grad[i] = cuda::store_cast<T>(static_cast<double>(inv_std * (da - mean_da - a * mean_daa)));
+  }
+}
+
+}  // namespace
+
+void barlow_twins_finalize_cuda(bool is_double, const void* partials, int64_t num_splits,
+                                int64_t N, int64_t D, bool gram_route, void* colstats,
+                                void* terms, int* flags, cudaStream_t stream) {
+  cuda::dispatch_acc(is_double, [&](auto tag) {
+    using A = decltype(tag);
+    barlow_twins_finalize_kernel<A><<<1, kFinalizeThreads, 0, stream>>>(
+        static_cast<const A*>(partials), num_splits, N, D, gram_route,
+        static_cast<A*>(colstats), static_cast<A*>(terms), flags);
+  });
+  cuda::check_launch("barlow_twins_finalize");
+}
+
+void barlow_twins_backward_view_cuda(DType dtype, const void* grad_terms, const void* y,
+                                     const void* self_norm, const void* other_norm,
+                                     const void* colstats, int view, int64_t N, int64_t D,
+                                     void* grad, void* workspace, cudaStream_t stream) {
+  const int64_t splits = moments_num_row_splits_cuda(N, D);
+  const int64_t rows_per_split = ceil_div(N, splits);
+  const dim3 grid(static_cast<unsigned>(ceil_div(D, kTileCols)), static_cast<unsigned>(splits));
+  const dim3 block(kTileCols, kTileRows);
+  cuda::dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using A = acc_t<T>;
+    A* partials = static_cast<A*>(workspace);
+    barlow_column_sums_kernel<T><<<grid, block, 0, stream>>>(
+        static_cast<const A*>(y), static_cast<const T*>(self_norm),
+        static_cast<const T*>(other_norm), N, D, rows_per_split, partials);
+    barlow_backward_apply_kernel<T><<<grid, block, 0, stream>>>(
+        static_cast<const A*>(grad_terms), static_cast<const A*>(y),
+        static_cast<const T*>(self_norm), static_cast<const T*>(other_norm),
+        static_cast<const A*>(colstats), view, N, D, splits, rows_per_split, partials,
+        static_cast<T*>(grad));
+  });
+  cuda::check_launch("barlow_twins_backward_view");
+}
+
+}  // namespace covariance
+}  // namespace jem_fast

@@ -1,0 +1,133 @@
+// VICReg CUDA kernels: the O(D) finalize of the column moments (one block, deterministic) and
+// the fused gradient epilogue (covariance, variance hinge and invariance gradients written once).
+#include <cmath>
+
+#include "common/cuda_utils.cuh"
+#include "losses/covariance_kernels.h"
+
+namespace jem_fast {
+namespace covariance {
+
+using cuda::acc_t;
+using cuda::ceil_div;
+using cuda::load_acc;
+
+namespace {
+
+constexpr int kFinalizeThreads = 1024;
+
+template <typename A>
+__global__ void vicreg_finalize_kernel(const A* __restrict__ partials, int64_t num_splits,
+                                       int64_t N, int64_t D, double eps, bool gram_route,
+                                       A* __restrict__ colstats, A* __restrict__ terms,
+                                       int* __restrict__ flags) {
+  __shared__ double shared[32];
+  __shared__ int shared_flags;
+  if (threadIdx.x == 0) shared_flags = 0;
+  __syncthreads();
+  const double n = static_cast<double>(N);
+  double invariance = 0.0, hinge = 0.0, diagsq = 0.0;
+  int local_flags = 0;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    double s[kNumMoments - 2] = {0, 0, 0, 0, 0, 0};
+    for (int64_t k = 0; k < num_splits; ++k) {
+      const A* p = partials + k * kNumMoments * D;
+#pragma unroll
+      for (int m = 0; m < kNumMoments - 2; ++m) s[m] += static_cast<double>(p[m * D + d]);
+    }
+    if (!isfinite(s[kSumA]) || !isfinite(s[kSumAA])) local_flags |= kNonFiniteA;
+    if (!isfinite(s[kSumB]) || !isfinite(s[kSumBB])) local_flags |= kNonFiniteB;
+    const double m2a = fmax(s[kSumAA] - s[kSumA] * s[kSumA] / n, 0.0);
+    const double m2b = fmax(s[kSumBB] - s[kSumB] * s[kSumB] / n, 0.0);
+    const double std_a = sqrt(m2a / (n - 1.0) + eps);
+    const double std_b = sqrt(m2b / (n - 1.0) + eps);
+    hinge += fmax(1.0 - std_a, 0.0) + fmax(1.0 - std_b, 0.0);
+    diagsq += m2a * m2a + m2b * m2b;
+    invariance += s[kSumDiffSq];
+    colstats[kMeanA * D + d] = static_cast<A>(static_cast<double>(partials[kShiftA * D + d]) + s[kSumA] / n);
+    colstats[kMeanB * D + d] = static_cast<A>(static_cast<double>(partials[kShiftB * D + d]) + s[kSumB] / n);
+    colstats[kStat2A * D + d] = static_cast<A>(m2a);
+    colstats[kStat2B * D + d] = static_cast<A>(m2b);
+    colstats[kStat3A * D + d] = static_cast<A>(std_a);
+    colstats[kStat3B * D + d] = static_cast<A>(std_b);
+  }
+  if (local_flags) atomicOr(&shared_flags, local_flags);
+  invariance = cuda::block_reduce_sum<double>(invariance, shared);
+  hinge = cuda::block_reduce_sum<double>(hinge, shared);
+  diagsq = cuda::block_reduce_sum<double>(diagsq, shared);
+  if (threadIdx.x == 0) {
+    const double dd = static_cast<double>(D);
+    int f = shared_flags;
+    if (!isfinite(invariance) && f == 0) f = kNonFiniteA | kNonFiniteB;
+    *flags = f;
+    terms[0] = static_cast<A>(invariance / (n * dd));
+    terms[1] = static_cast<A>(0.5 * hinge / dd);
+    terms[2] = static_cast<A>(gram_route ? -diagsq / ((n - 1.0) * (n - 1.0) * dd) : 0.0);
+  }
+}
+
+template <typename T>
+__global__ void vicreg_backward_view_kernel(const acc_t<T>* __restrict__ grad_terms,
+                                            const acc_t<T>* __restrict__ y,
+                                            const T* __restrict__ x,
+                                            const T* __restrict__ x_other,
+                                            const acc_t<T>* __restrict__ colstats, int view,
+                                            int64_t N, int64_t D, T* __restrict__ grad) {
+  using A = acc_t<T>;
+  const A n = static_cast<A>(N), dd = static_cast<A>(D);
+  const A g_inv = grad_terms[0], g_var = grad_terms[1], g_cov = grad_terms[2];
+  const A alpha = g_cov * A(4) / ((n - A(1)) * (n - A(1)) * dd);
+  const A beta = g_inv * A(2) / (n * dd);
+  const A* mean_self = colstats + (view == 0 ? kMeanA : kMeanB) * D;
+  const A* mean_other = colstats + (view == 0 ? kMeanB : kMeanA) * D;
+  const A* m2 = colstats + (view == 0 ? kStat2A : kStat2B) * D;
+  const A* stdev = colstats + (view == 0 ? kStat3A : kStat3B) * D;
+  const int64_t total = N * D;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t d = i % D;
+    const A s = stdev[d];
+    // relu'(0) = 0 as in torch: only columns with std below 1 are pulled.
+    const A hinge = s < A(1) ? g_var * A(0.5) / (dd * (n - A(1)) * s) : A(0);
+    const A colscale = -alpha * m2[d] - hinge;
+    const A xv = load_acc(x + i);
+    const A diff = xv - load_acc(x_other + i) + (mean_self[d] - mean_other[d]);
+    grad[i] = cuda::store_cast<T>(static_cast<double>(alpha * y[i] + xv * colscale + beta * diff));
+  }
+}
+
+}  // namespace
+
+void vicreg_finalize_cuda(bool is_double, const void* partials, int64_t num_splits, int64_t N,
+                          int64_t D, double eps, bool gram_route, void* colstats, void* terms,
+                          int* flags, cudaStream_t stream) {
+  cuda::dispatch_acc(is_double, [&](auto tag) {
+    using A = decltype(tag);
+    vicreg_finalize_kernel<A><<<1, kFinalizeThreads, 0, stream>>>(
+        static_cast<const A*>(partials), num_splits, N, D, eps, gram_route,
+        static_cast<A*>(colstats), static_cast<A*>(terms), flags);
+  });
+  cuda::check_launch("vicreg_finalize");
+}
+
+void vicreg_backward_view_cuda(DType dtype, const void* grad_terms, const void* y, const void* x,
+                               const void* x_other, const void* colstats, int view, int64_t N,
+                               int64_t D, double eps, void* grad, cudaStream_t stream) {
+  (void)eps;
+  const int threads = 256;
+  int64_t blocks = ceil_div(N * D, threads);
+  if (blocks > 8192) blocks = 8192;
+  if (blocks < 1) blocks = 1;
+  cuda::dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using A = acc_t<T>;
+    vicreg_backward_view_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+        static_cast<const A*>(grad_terms), static_cast<const A*>(y), static_cast<const T*>(x),
+        static_cast<const T*>(x_other), static_cast<const A*>(colstats), view, N, D,
+        static_cast<T*>(grad));
+  });
+  cuda::check_launch("vicreg_backward_view");
+}
+
+}  // namespace covariance
+}  // namespace jem_fast

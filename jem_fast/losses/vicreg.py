@@ -1,0 +1,63 @@
+"""VICRegLoss: drop-in for lightly.loss.VICRegLoss, on the fused jem_fast::vicreg op."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..distributed import all_gather_with_grad, is_distributed
+from ..ops.vicreg import VICRegTerms, vicreg_terms
+
+
+class VICRegLoss(torch.nn.Module):
+    """VICReg loss (Bardes et al., 2022) with lightly's arguments and defaults.
+
+    loss = lambda_param * invariance + mu_param * variance + nu_param * covariance
+
+    Args:
+        lambda_param, mu_param, nu_param: weights of the invariance, variance, covariance terms.
+        gather_distributed: compute the variance and covariance terms over the batches of all
+            ranks (gradient-aware all-gather); the invariance term stays local, as in lightly
+            and the official code.
+        eps: added to the variance before the square root.
+        route: 'auto' (N x N Gram matrices when N < D, D x D covariances otherwise), 'gram' or
+            'covariance'. Only cost changes, not the value.
+        check_finite: raise a ValueError-like RuntimeError naming the input when z_a or z_b
+            holds NaN/Inf instead of returning a NaN loss (one device sync per call on CUDA).
+
+    The loss is returned in float32 (float64 for float64 inputs) whatever the input dtype.
+    After each forward, `last_terms` holds the detached VICRegTerms for logging.
+    """
+
+    def __init__(self, lambda_param: float = 25.0, mu_param: float = 25.0, nu_param: float = 1.0,
+                 gather_distributed: bool = False, eps: float = 0.0001, route: str = "auto",
+                 check_finite: bool = True):
+        super().__init__()
+        if gather_distributed and not torch.distributed.is_available():
+            raise ValueError("gather_distributed=True but torch.distributed is not available")
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.lambda_param = lambda_param
+        self.mu_param = mu_param
+        self.nu_param = nu_param
+        self.gather_distributed = gather_distributed
+        self.eps = eps
+        self.route = route
+        self.check_finite = check_finite
+        self.last_terms: VICRegTerms | None = None
+
+    def terms(self, z_a: torch.Tensor, z_b: torch.Tensor) -> VICRegTerms:
+        """The three differentiable terms, unweighted."""
+        if self.gather_distributed and is_distributed():
+            invariance = F.mse_loss(z_a.to(torch.promote_types(z_a.dtype, torch.float32)),
+                                    z_b.to(torch.promote_types(z_b.dtype, torch.float32)))
+            t = vicreg_terms(all_gather_with_grad(z_a), all_gather_with_grad(z_b), self.eps,
+                             self.route, self.check_finite)
+            return VICRegTerms(invariance.to(t.dtype), t[1], t[2])
+        t = vicreg_terms(z_a, z_b, self.eps, self.route, self.check_finite)
+        return VICRegTerms(t[0], t[1], t[2])
+
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        t = self.terms(z_a, z_b)
+        self.last_terms = VICRegTerms(*(x.detach() for x in t))
+        return (self.lambda_param * t.invariance + self.mu_param * t.variance
+                + self.nu_param * t.covariance)

@@ -1,0 +1,10 @@
+"""Functional entry points of the jem_fast ops (thin wrappers over torch.ops.jem_fast.*).
+
+Importing this package registers the fake (meta) kernels and the autograd formulas of the
+compiled ops, which is what makes torch.compile(fullgraph=True) and torch.library.opcheck work.
+"""
+from .vicreg import VICRegTerms, resolve_route, vicreg_terms
+from .barlow_twins import BarlowTwinsTerms, barlow_twins_terms
+
+__all__ = ["VICRegTerms", "vicreg_terms", "BarlowTwinsTerms", "barlow_twins_terms",
+           "resolve_route"]

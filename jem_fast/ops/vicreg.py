@@ -1,0 +1,94 @@
+"""VICReg terms as one dispatcher op: jem_fast::vicreg_forward / jem_fast::vicreg_backward.
+
+    invariance = mean((z_a - z_b)^2)
+    variance   = 0.5 * (mean_d relu(1 - sqrt(var_d(z_a) + eps)) + same for z_b)   (unbiased var)
+    covariance = sum_{i != j} C_ij(z_a)^2 / D + same for z_b,  C = x^T x / (N - 1), x centered
+
+The covariance term is computed as ||x x^T||_F^2 - sum_d C_dd^2 when N < D ("gram" route, never
+a D x D matrix) and directly from the D x D matrix otherwise ("covariance" route).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .._extension import require_extension
+from ._common import acc_dtype, check_route, compute_dtype
+
+require_extension()
+
+_NUM_COLSTATS = 6
+
+
+class VICRegTerms(NamedTuple):
+    invariance: torch.Tensor
+    variance: torch.Tensor
+    covariance: torch.Tensor
+
+
+def resolve_route(route: str, n: int, d: int, gram_if=lambda n, d: n < d) -> bool:
+    """True for the N x N Gram route. 'auto' picks it by `gram_if(n, d)` (N < D by default)."""
+    check_route(route)
+    if route == "auto":
+        return bool(gram_if(n, d))
+    return route == "gram"
+
+
+@torch.library.register_fake("jem_fast::vicreg_forward")
+def _vicreg_forward_fake(z_a, z_b, eps, gram_route, check_finite):
+    n, d = z_a.shape
+    r = n if gram_route else d
+    acc = acc_dtype(z_a.dtype)
+    return (z_a.new_empty((3,), dtype=acc),
+            z_a.new_empty((2, n, d), dtype=compute_dtype(z_a.dtype, z_a.device)),
+            z_a.new_empty((2, r, r), dtype=acc),
+            z_a.new_empty((_NUM_COLSTATS, d), dtype=acc))
+
+
+@torch.library.register_fake("jem_fast::vicreg_backward")
+def _vicreg_backward_fake(grad_terms, centered, gram, colstats, eps, gram_route):
+    return torch.empty_like(centered[0]), torch.empty_like(centered[1])
+
+
+def _setup_context(ctx, inputs, output):
+    z_a, z_b, eps, gram_route, _ = inputs
+    _, centered, gram, colstats = output
+    ctx.save_for_backward(centered, gram, colstats)
+    ctx.eps = eps
+    ctx.gram_route = gram_route
+    ctx.dtypes = (z_a.dtype, z_b.dtype)
+    ctx.mark_non_differentiable(centered, gram, colstats)
+
+
+def _backward(ctx, grad_terms, *unused):
+    centered, gram, colstats = ctx.saved_tensors
+    grad_a, grad_b = torch.ops.jem_fast.vicreg_backward(grad_terms, centered, gram, colstats,
+                                                        ctx.eps, ctx.gram_route)
+    return grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1]), None, None, None
+
+
+torch.library.register_autograd("jem_fast::vicreg_forward", _backward,
+                                setup_context=_setup_context)
+
+
+def vicreg_terms(z_a: torch.Tensor, z_b: torch.Tensor, eps: float = 1e-4, route: str = "auto",
+                 check_finite: bool = True) -> torch.Tensor:
+    """The three VICReg terms (invariance, variance, covariance) of (N, D) batches as one
+    float32 tensor of shape (3,) (float64 for float64 inputs), differentiable w.r.t. both.
+
+    route: 'auto' (Gram when N < D), 'gram' or 'covariance'.
+    check_finite: raise if an input holds NaN/Inf (costs one device sync on CUDA).
+    """
+    n, d = _shape_of(z_a, "z_a")
+    gram_route = resolve_route(route, n, d)
+    return torch.ops.jem_fast.vicreg_forward(z_a, z_b, float(eps), gram_route,
+                                             bool(check_finite))[0]
+
+
+def _shape_of(z: torch.Tensor, name: str):
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if z.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(z.shape)}")
+    return z.shape[0], z.shape[1]

@@ -1,0 +1,10 @@
+"""Pure-PyTorch reference implementations: the official formulas, materialized as written.
+
+They are the oracle of the tests (run in float64) and the baseline of the benchmarks (run in the
+benchmark dtype, eager and under torch.compile). Deliberately unoptimized.
+"""
+from .vicreg import vicreg_loss_reference, vicreg_terms_reference
+from .barlow_twins import barlow_twins_loss_reference, barlow_twins_terms_reference
+
+__all__ = ["vicreg_loss_reference", "vicreg_terms_reference", "barlow_twins_loss_reference",
+           "barlow_twins_terms_reference"]
