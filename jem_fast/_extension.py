@@ -1,6 +1,8 @@
 """Loads the compiled extension once and says clearly what is missing when it is not there."""
 from __future__ import annotations
 
+import torch  # noqa: F401  (loads libtorch/libc10 before the extension needs them)
+
 try:
     from . import _C  # noqa: F401  (loading it registers the ops in torch.ops.jem_fast)
 
