@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Prepare a virtual environment with torch and the dev requirements, and build jem_fast into it
+# (editable, so the tests import the tree). Sourced by scripts/test.sh and scripts/bench.sh.
+#
+#   JEM_VENV   venv folder (default: .venv in the repository)
+#   JEM_TORCH  torch requirement(s) (default: torch==2.13.0, the CPU build on local disk;
+#              a torch that is already installed in the venv and satisfies it is kept)
+#   JEM_EXTRA  extra packages for optional parity tests (e.g. lightly==1.6.0)
+#   CPU_ONLY=1 / FORCE_CUDA=1 / TORCH_CUDA_ARCH_LIST  forwarded to setup.py
+set -euo pipefail
+JEM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+JEM_VENV=${JEM_VENV:-$JEM_ROOT/.venv}
+JEM_TORCH=${JEM_TORCH:-torch==2.13.0}
+JEM_PY="$JEM_VENV/bin/python"
+
+if [ ! -x "$JEM_PY" ]; then
+  python3 -m venv "$JEM_VENV"
+fi
+# pip prints a warning per unreachable local index; keep the log readable.
+"$JEM_PY" -m pip install -q --disable-pip-version-check $JEM_TORCH -r "$JEM_ROOT/requirements-dev.txt" ${JEM_EXTRA:-} 2>&1 \
+  | grep -v "^WARNING: Location" || true
+"$JEM_PY" -c "import torch" || { echo "torch did not install into $JEM_VENV" >&2; exit 1; }
+
+# Rebuild only when a source is newer than the compiled module (ninja makes it incremental).
+so=$(ls "$JEM_ROOT"/jem_fast/_C*.so 2>/dev/null | head -n 1 || true)
+built_for=$(cat "$JEM_ROOT/build/.jem_fast_built_for" 2>/dev/null || true)
+want="$("$JEM_PY" -c 'import torch;print(torch.__version__)') cpu_only=${CPU_ONLY:-0} force_cuda=${FORCE_CUDA:-0} archs=${TORCH_CUDA_ARCH_LIST:-}"
+if [ -z "$so" ] || [ "$built_for" != "$want" ] || \
+   [ -n "$(find "$JEM_ROOT/csrc" "$JEM_ROOT/setup.py" -newer "$so" -print -quit)" ]; then
+  echo "== building jem_fast ($want)"
+  rm -f "$JEM_ROOT"/jem_fast/_C*.so
+  (cd "$JEM_ROOT" && MAX_JOBS=${MAX_JOBS:-2} "$JEM_PY" -m pip install -q --no-build-isolation --no-deps -e . 2>&1 \
+     | grep -v "^WARNING: Location" || true)
+  mkdir -p "$JEM_ROOT/build" && echo "$want" > "$JEM_ROOT/build/.jem_fast_built_for"
+fi
+(cd /tmp && "$JEM_PY" -c "import jem_fast, json; print('jem_fast build:', json.dumps(jem_fast.build_info()))")
