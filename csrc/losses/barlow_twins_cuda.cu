@@ -104,46 +104,52 @@ __global__ void barlow_column_sums_kernel(const acc_t<T>* __restrict__ y,
   }
 }
 
+// Per-column coefficients of the gradient from the split partial sums (once per column, so the
+// elementwise pass below reads three values per column instead of re-reducing the splits).
+template <typename A>
+__global__ void barlow_column_coefficients_kernel(const A* __restrict__ grad_terms,
+                                                  const A* __restrict__ colstats, int64_t N,
+                                                  int64_t D, int64_t num_splits,
+                                                  const A* __restrict__ partials,
+                                                  A* __restrict__ coefficients) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= D) return;
+  const A n = static_cast<A>(N);
+  const A g0 = grad_terms[0], g1 = grad_terms[1];
+  const A alpha = A(2) * g1 / (n * n);
+  A sums[kNumSums] = {A(0), A(0), A(0), A(0)};
+  for (int64_t k = 0; k < num_splits; ++k) {
+#pragma unroll
+    for (int m = 0; m < kNumSums; ++m) sums[m] += partials[(k * kNumSums + m) * D + col];
+  }
+  const A c = colstats[kStat3A * D + col];
+  const A coef = A(2) * (g0 * (c - A(1)) - g1 * c) / n;
+  coefficients[col] = coef;
+  coefficients[D + col] = (alpha * sums[0] + coef * sums[2]) / n;      // mean_n dA
+  coefficients[2 * D + col] = (alpha * sums[1] + coef * sums[3]) / n;  // mean_n dA * self
+}
+
 template <typename T>
 __global__ void barlow_backward_apply_kernel(const acc_t<T>* __restrict__ grad_terms,
                                              const acc_t<T>* __restrict__ y,
                                              const T* __restrict__ self_norm,
                                              const T* __restrict__ other_norm,
                                              const acc_t<T>* __restrict__ colstats, int view,
-                                             int64_t N, int64_t D, int64_t num_splits,
-                                             int64_t rows_per_split,
-                                             const acc_t<T>* __restrict__ partials,
+                                             int64_t N, int64_t D,
+                                             const acc_t<T>* __restrict__ coefficients,
                                              T* __restrict__ grad) {
   using A = acc_t<T>;
-  __shared__ A s_coef[kTileCols], s_mean_da[kTileCols], s_mean_daa[kTileCols];
   const A n = static_cast<A>(N);
-  const A g0 = grad_terms[0], g1 = grad_terms[1];
-  const A alpha = A(2) * g1 / (n * n);
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * kTileCols + threadIdx.x;
-  if (threadIdx.y == 0 && col < D) {
-    A sums[kNumSums] = {A(0), A(0), A(0), A(0)};
-    for (int64_t k = 0; k < num_splits; ++k) {
-#pragma unroll
-      for (int m = 0; m < kNumSums; ++m) sums[m] += partials[(k * kNumSums + m) * D + col];
-    }
-    const A c = colstats[kStat3A * D + col];
-    const A coef = A(2) * (g0 * (c - A(1)) - g1 * c) / n;
-    s_coef[threadIdx.x] = coef;
-    s_mean_da[threadIdx.x] = (alpha * sums[0] + coef * sums[2]) / n;
-    s_mean_daa[threadIdx.x] = (alpha * sums[1] + coef * sums[3]) / n;
-  }
-  __syncthreads();
-  if (col >= D) return;
-  const A inv_std = colstats[(view == 0 ? kStat2A : kStat2B) * D + col];
-  const A coef = s_coef[threadIdx.x], mean_da = s_mean_da[threadIdx.x],
-          mean_daa = s_mean_daa[threadIdx.x];
-  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_split;
-  const int64_t r1 = r0 + rows_per_split < N ? r0 + rows_per_split : N;
-  for (int64_t r = r0 + threadIdx.y; r < r1; r += kTileRows) {
-    const int64_t i = r * D + col;
+  const A alpha = A(2) * grad_terms[1] / (n * n);
+  const A* inv_std = colstats + (view == 0 ? kStat2A : kStat2B) * D;
+  const int64_t total = N * D;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t d = i % D;
     const A a = load_acc(self_norm + i);
-    const A da = alpha * y[i] + coef * load_acc(other_norm + i);
-    grad[i] = cuda::store_cast<T>(static_cast<double>(inv_std * (da - mean_da - a * mean_daa)));
+    const A da = alpha * y[i] + coefficients[d] * load_acc(other_norm + i);
+    grad[i] = cuda::store_cast<T>(
+        static_cast<double>(inv_std[d] * (da - coefficients[D + d] - a * coefficients[2 * D + d])));
   }
 }
 
@@ -173,14 +179,20 @@ void barlow_twins_backward_view_cuda(DType dtype, const void* grad_terms, const 
     using T = decltype(tag);
     using A = acc_t<T>;
     A* partials = static_cast<A*>(workspace);
+    A* coefficients = partials + splits * kNumSums * D;
     barlow_column_sums_kernel<T><<<grid, block, 0, stream>>>(
         static_cast<const A*>(y), static_cast<const T*>(self_norm),
         static_cast<const T*>(other_norm), N, D, rows_per_split, partials);
-    barlow_backward_apply_kernel<T><<<grid, block, 0, stream>>>(
+    barlow_column_coefficients_kernel<A><<<static_cast<unsigned>(ceil_div(D, 256)), 256, 0, stream>>>(
+        static_cast<const A*>(grad_terms), static_cast<const A*>(colstats), N, D, splits, partials,
+        coefficients);
+    int64_t blocks = ceil_div(N * D, 256);
+    if (blocks > 8192) blocks = 8192;
+    if (blocks < 1) blocks = 1;
+    barlow_backward_apply_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
         static_cast<const A*>(grad_terms), static_cast<const A*>(y),
         static_cast<const T*>(self_norm), static_cast<const T*>(other_norm),
-        static_cast<const A*>(colstats), view, N, D, splits, rows_per_split, partials,
-        static_cast<T*>(grad));
+        static_cast<const A*>(colstats), view, N, D, coefficients, static_cast<T*>(grad));
   });
   cuda::check_launch("barlow_twins_backward_view");
 }

@@ -33,8 +33,8 @@ enum ColStat : int { kMeanA = 0, kMeanB, kStat2A, kStat2B, kStat3A, kStat3B, kNu
 // accumulator).
 enum NonFiniteFlag : int { kNonFiniteA = 1, kNonFiniteB = 2 };
 
-// Number of per-row splits the moment reduction uses; the workspace for partial sums must hold
-// num_row_splits * kNumMoments * D acc values (CPU: 1 split).
+// Number of per-row splits the CUDA moment reduction uses (a function of N and D only, so the
+// host can size the partial-sum buffer: num_row_splits * kNumMoments * D acc values).
 int64_t moments_num_row_splits_cuda(int64_t N, int64_t D);
 
 // ---------------------------------------------------------------------------------------------
