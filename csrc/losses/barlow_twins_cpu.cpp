@@ -80,13 +80,24 @@ void barlow_twins_backward_view_cpu(const T* grad_terms, const T* y, const T* se
         mean_da[j] = (alpha * sum_y[j] + coef[j] * sum_b[j]) / n;
         mean_daa[j] = (alpha * sum_ya[j] + coef[j] * sum_ba[j]) / n;
       }
+      // The elementwise pass in T: grad = s * (alpha y + coef other - mean_da - self mean_daa).
+      T t_coef[kColBlock], t_shift[kColBlock], t_mean_daa[kColBlock], t_scale[kColBlock];
+      for (int64_t j = 0; j < width; ++j) {
+        t_coef[j] = static_cast<T>(coef[j]);
+        t_shift[j] = static_cast<T>(mean_da[j]);
+        t_mean_daa[j] = static_cast<T>(mean_daa[j]);
+        t_scale[j] = inv_std[c0 + j];
+      }
+      const T t_alpha = static_cast<T>(alpha);
       for (int64_t r = 0; r < N; ++r) {
         const int64_t off = r * D + c0;
+        const T* yr = y + off;
+        const T* ar = self_norm + off;
+        const T* br = other_norm + off;
+        T* gr = grad + off;
         for (int64_t j = 0; j < width; ++j) {
-          const double a = self_norm[off + j];
-          const double da = alpha * y[off + j] + coef[j] * other_norm[off + j];
-          grad[off + j] =
-              static_cast<T>(inv_std[c0 + j] * (da - mean_da[j] - a * mean_daa[j]));
+          gr[j] = t_scale[j] *
+                  (t_alpha * yr[j] + t_coef[j] * br[j] - t_shift[j] - ar[j] * t_mean_daa[j]);
         }
       }
     }

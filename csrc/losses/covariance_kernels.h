@@ -64,8 +64,7 @@ int vicreg_finalize_cpu(const T* moments, int64_t N, int64_t D, double eps, bool
 // with alpha, beta, colscale derived from grad_terms and colstats (view = 0 for z_a, 1 for z_b).
 template <typename T>
 void vicreg_backward_view_cpu(const T* grad_terms, const T* y, const T* x, const T* x_other,
-                              const T* colstats, int view, int64_t N, int64_t D, double eps,
-                              T* grad);
+                              const T* colstats, int view, int64_t N, int64_t D, T* grad);
 
 // Barlow Twins: moments -> colstats (mean, inv_std, c_diag); terms[0] = on-diagonal term,
 // terms[1] = -sum_d c_diag^2 when the Gram route will add ||A^T B||^2 / N^2, 0 otherwise.
@@ -108,7 +107,7 @@ void vicreg_finalize_cuda(bool is_double, const void* partials, int64_t num_spli
 
 void vicreg_backward_view_cuda(DType dtype, const void* grad_terms, const void* y, const void* x,
                                const void* x_other, const void* colstats, int view, int64_t N,
-                               int64_t D, double eps, void* grad, cudaStream_t stream);
+                               int64_t D, void* grad, cudaStream_t stream);
 
 void barlow_twins_finalize_cuda(bool is_double, const void* partials, int64_t num_splits,
                                 int64_t N, int64_t D, bool gram_route, void* colstats,

@@ -3,7 +3,7 @@
 //   vicreg_forward(z_a, z_b, eps, gram_route, check_finite)
 //       -> (terms[3] = invariance, variance, covariance;
 //           centered (2, N, D); gram (2, R, R); colstats (kNumColStats, D))
-//   vicreg_backward(grad_terms, centered, gram, colstats, eps, gram_route) -> (grad_a, grad_b)
+//   vicreg_backward(grad_terms, centered, gram, colstats, gram_route) -> (grad_a, grad_b)
 //
 // R = N on the Gram route (G = x x^T, used when N < D) and R = D on the covariance route
 // (C = x^T x). Both use ||x^T x||_F = ||x x^T||_F; the Gram route never allocates D x D.
@@ -111,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vicreg_forward(
 std::tuple<at::Tensor, at::Tensor> vicreg_backward(const at::Tensor& grad_terms_in,
                                                    const at::Tensor& centered,
                                                    const at::Tensor& gram,
-                                                   const at::Tensor& colstats, double eps,
+                                                   const at::Tensor& colstats,
                                                    bool gram_route) {
   TORCH_CHECK(centered.dim() == 3 && centered.size(0) == 2, kLoss,
               ": backward expects centered of shape (2, N, D), got ", centered.sizes());
@@ -129,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> vicreg_backward(const at::Tensor& grad_terms_
         vicreg_backward_view_cpu<scalar_t>(
             grad_terms.data_ptr<scalar_t>(), y[v].data_ptr<scalar_t>(),
             centered[v].data_ptr<scalar_t>(), centered[1 - v].data_ptr<scalar_t>(),
-            colstats.data_ptr<scalar_t>(), v, N, D, eps, grad[v].data_ptr<scalar_t>());
+            colstats.data_ptr<scalar_t>(), v, N, D, grad[v].data_ptr<scalar_t>());
       }
     });
     return {grad[0], grad[1]};
@@ -140,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor> vicreg_backward(const at::Tensor& grad_terms_
   const DType dt = to_kernel_dtype(centered.scalar_type());
   for (int v = 0; v < 2; ++v) {
     vicreg_backward_view_cuda(dt, grad_terms.data_ptr(), y[v].data_ptr(), centered[v].data_ptr(),
-                              centered[1 - v].data_ptr(), colstats.data_ptr(), v, N, D, eps,
+                              centered[1 - v].data_ptr(), colstats.data_ptr(), v, N, D,
                               grad[v].data_ptr(), stream);
   }
   return {grad[0], grad[1]};
@@ -157,7 +157,7 @@ TORCH_LIBRARY_FRAGMENT(jem_fast, m) {
       "(Tensor terms, Tensor centered, Tensor gram, Tensor colstats)");
   m.def(
       "vicreg_backward(Tensor grad_terms, Tensor centered, Tensor gram, Tensor colstats, "
-      "float eps, bool gram_route) -> (Tensor grad_a, Tensor grad_b)");
+      "bool gram_route) -> (Tensor grad_a, Tensor grad_b)");
 }
 
 TORCH_LIBRARY_IMPL(jem_fast, CPU, m) {

@@ -112,8 +112,7 @@ void vicreg_finalize_cuda(bool is_double, const void* partials, int64_t num_spli
 
 void vicreg_backward_view_cuda(DType dtype, const void* grad_terms, const void* y, const void* x,
                                const void* x_other, const void* colstats, int view, int64_t N,
-                               int64_t D, double eps, void* grad, cudaStream_t stream) {
-  (void)eps;
+                               int64_t D, void* grad, cudaStream_t stream) {
   const int threads = 256;
   int64_t blocks = ceil_div(N * D, threads);
   if (blocks > 8192) blocks = 8192;

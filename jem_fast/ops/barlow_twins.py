@@ -55,10 +55,14 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(normalized, gram, colstats)
     ctx.gram_route = gram_route
     ctx.dtypes = (z_a.dtype, z_b.dtype)
+    # The saved outputs get no gradient: don't let autograd allocate zero tensors for them.
+    ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(normalized, gram, colstats)
 
 
 def _backward(ctx, grad_terms, *unused):
+    if grad_terms is None:
+        return None, None, None, None
     normalized, gram, colstats = ctx.saved_tensors
     grad_a, grad_b = torch.ops.jem_fast.barlow_twins_backward(grad_terms, normalized, gram,
                                                               colstats, ctx.gram_route)

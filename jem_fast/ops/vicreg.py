@@ -47,24 +47,27 @@ def _vicreg_forward_fake(z_a, z_b, eps, gram_route, check_finite):
 
 
 @torch.library.register_fake("jem_fast::vicreg_backward")
-def _vicreg_backward_fake(grad_terms, centered, gram, colstats, eps, gram_route):
+def _vicreg_backward_fake(grad_terms, centered, gram, colstats, gram_route):
     return torch.empty_like(centered[0]), torch.empty_like(centered[1])
 
 
 def _setup_context(ctx, inputs, output):
-    z_a, z_b, eps, gram_route, _ = inputs
+    z_a, z_b, _, gram_route, _ = inputs
     _, centered, gram, colstats = output
     ctx.save_for_backward(centered, gram, colstats)
-    ctx.eps = eps
     ctx.gram_route = gram_route
     ctx.dtypes = (z_a.dtype, z_b.dtype)
+    # The saved outputs get no gradient: don't let autograd allocate zero tensors for them.
+    ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(centered, gram, colstats)
 
 
 def _backward(ctx, grad_terms, *unused):
+    if grad_terms is None:
+        return None, None, None, None, None
     centered, gram, colstats = ctx.saved_tensors
     grad_a, grad_b = torch.ops.jem_fast.vicreg_backward(grad_terms, centered, gram, colstats,
-                                                        ctx.eps, ctx.gram_route)
+                                                        ctx.gram_route)
     return grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1]), None, None, None
 
 
