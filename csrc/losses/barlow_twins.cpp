@@ -11,8 +11,7 @@
 // matrices and never a D x D one; the diagonal of C comes from the column moments in O(N D).
 #include <torch/library.h>
 
-#include "common/host_utils.h"
-#include "losses/covariance_kernels.h"
+#include "losses/covariance_host.h"
 
 namespace jem_fast {
 namespace covariance {
@@ -80,20 +79,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> barlow_twins_forward(
 
 #ifdef WITH_CUDA
   const c10::cuda::CUDAGuard guard(z_a.device());
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
-  const DType dt = to_kernel_dtype(ctype);
-  const bool is_double = acc == at::kDouble;
-  const int64_t splits = moments_num_row_splits_cuda(N, D);
-  at::Tensor partials = at::empty({splits, kNumMoments, D}, acc_opts);
-  at::Tensor workspace = at::empty({cuda_workspace_bytes(N, D)}, z_a.options().dtype(at::kByte));
-  at::Tensor flag_dev = at::zeros({1}, z_a.options().dtype(at::kInt));
-  paired_column_moments_cuda(dt, z_a.data_ptr(), z_b.data_ptr(), N, D, partials.data_ptr(),
-                             stream);
-  barlow_twins_finalize_cuda(is_double, partials.data_ptr(), splits, N, D, gram_route,
-                             colstats.data_ptr(), terms.data_ptr(), flag_dev.data_ptr<int>(),
+  const CudaMoments moments = paired_column_moments_cuda(z_a, z_b);
+  cudaStream_t stream = moments.stream;
+  barlow_twins_finalize_cuda(moments.is_double, moments.partials.data_ptr(), moments.splits, N, D, gram_route,
+                             colstats.data_ptr(), terms.data_ptr(), moments.flags.data_ptr<int>(),
                              stream);
   for (int v = 0; v < 2; ++v) {
-    center_scale_columns_cuda(dt, (v == 0 ? z_a : z_b).data_ptr(),
+    center_scale_columns_cuda(moments.dtype, (v == 0 ? z_a : z_b).data_ptr(),
                               colstats[v == 0 ? kMeanA : kMeanB].data_ptr(),
                               colstats[v == 0 ? kStat2A : kStat2B].data_ptr(), N, D,
                               normalized[v].data_ptr(), stream);
@@ -102,9 +94,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> barlow_twins_forward(
   const int64_t R = gram.size(1);
   const void* us[1] = {gram[0].data_ptr()};
   const void* ws[1] = {gram_route ? gram[1].data_ptr() : gram[0].data_ptr()};
-  add_frobenius_dots_cuda(is_double, 1, us, ws, R, R, !gram_route, fro_scale, terms.data_ptr(), 1,
-                          workspace.data_ptr(), stream);
-  if (check_finite) raise_non_finite(flag_dev.item<int>(), kLoss, "z_a", "z_b");
+  add_frobenius_dots_cuda(moments.is_double, 1, us, ws, R, R, !gram_route, fro_scale, terms.data_ptr(), 1,
+                          moments.workspace.data_ptr(), stream);
+  if (check_finite) raise_non_finite(moments.flags.item<int>(), kLoss, "z_a", "z_b");
   return {terms, normalized, gram, colstats};
 #else
   TORCH_CHECK(false, kLoss, ": got CUDA tensors. ", kRebuildHint);

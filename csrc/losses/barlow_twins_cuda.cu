@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "common/cuda_utils.cuh"
+#include "losses/column_moments.cuh"
 #include "losses/covariance_kernels.h"
 
 namespace jem_fast {
@@ -34,14 +35,8 @@ __global__ void barlow_twins_finalize_kernel(const A* __restrict__ partials, int
   double on_diag = 0.0, diagsq = 0.0;
   int local_flags = 0;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    double s[kNumMoments - 2] = {0, 0, 0, 0, 0, 0};
-    for (int64_t k = 0; k < num_splits; ++k) {
-      const A* p = partials + k * kNumMoments * D;
-#pragma unroll
-      for (int m = 0; m < kNumMoments - 2; ++m) s[m] += static_cast<double>(p[m * D + d]);
-    }
-    if (!isfinite(s[kSumA]) || !isfinite(s[kSumAA])) local_flags |= kNonFiniteA;
-    if (!isfinite(s[kSumB]) || !isfinite(s[kSumBB])) local_flags |= kNonFiniteB;
+    double s[kNumMoments - 2];
+    local_flags |= sum_moment_splits(partials, num_splits, D, d, s);
     const double var_a = fmax(s[kSumAA] - s[kSumA] * s[kSumA] / n, 0.0) / n;
     const double var_b = fmax(s[kSumBB] - s[kSumB] * s[kSumB] / n, 0.0) / n;
     const double inv_std_a = 1.0 / sqrt(var_a + kBatchNormEps);
@@ -49,8 +44,8 @@ __global__ void barlow_twins_finalize_kernel(const A* __restrict__ partials, int
     const double c = (s[kSumAB] - s[kSumA] * s[kSumB] / n) * inv_std_a * inv_std_b / n;
     on_diag += (c - 1.0) * (c - 1.0);
     diagsq += c * c;
-    colstats[kMeanA * D + d] = static_cast<A>(static_cast<double>(partials[kShiftA * D + d]) + s[kSumA] / n);
-    colstats[kMeanB * D + d] = static_cast<A>(static_cast<double>(partials[kShiftB * D + d]) + s[kSumB] / n);
+    colstats[kMeanA * D + d] = static_cast<A>(column_mean(partials, D, d, 0, s[kSumA], n));
+    colstats[kMeanB * D + d] = static_cast<A>(column_mean(partials, D, d, 1, s[kSumB], n));
     colstats[kStat2A * D + d] = static_cast<A>(inv_std_a);
     colstats[kStat2B * D + d] = static_cast<A>(inv_std_b);
     colstats[kStat3A * D + d] = static_cast<A>(c);

@@ -9,8 +9,7 @@
 // (C = x^T x). Both use ||x^T x||_F = ||x x^T||_F; the Gram route never allocates D x D.
 #include <torch/library.h>
 
-#include "common/host_utils.h"
-#include "losses/covariance_kernels.h"
+#include "losses/covariance_host.h"
 
 namespace jem_fast {
 namespace covariance {
@@ -75,20 +74,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vicreg_forward(
 
 #ifdef WITH_CUDA
   const c10::cuda::CUDAGuard guard(z_a.device());
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
-  const DType dt = to_kernel_dtype(ctype);
-  const bool is_double = acc == at::kDouble;
-  const int64_t splits = moments_num_row_splits_cuda(N, D);
-  at::Tensor partials = at::empty({splits, kNumMoments, D}, acc_opts);
-  at::Tensor workspace = at::empty({cuda_workspace_bytes(N, D)}, z_a.options().dtype(at::kByte));
-  at::Tensor flag_dev = at::zeros({1}, z_a.options().dtype(at::kInt));
-  paired_column_moments_cuda(dt, z_a.data_ptr(), z_b.data_ptr(), N, D, partials.data_ptr(),
-                             stream);
-  vicreg_finalize_cuda(is_double, partials.data_ptr(), splits, N, D, eps, gram_route,
-                       colstats.data_ptr(), terms.data_ptr(), flag_dev.data_ptr<int>(), stream);
-  center_scale_columns_cuda(dt, z_a.data_ptr(), colstats[kMeanA].data_ptr(), nullptr, N, D,
+  const CudaMoments moments = paired_column_moments_cuda(z_a, z_b);
+  cudaStream_t stream = moments.stream;
+  vicreg_finalize_cuda(moments.is_double, moments.partials.data_ptr(), moments.splits, N, D, eps, gram_route,
+                       colstats.data_ptr(), terms.data_ptr(), moments.flags.data_ptr<int>(), stream);
+  center_scale_columns_cuda(moments.dtype, z_a.data_ptr(), colstats[kMeanA].data_ptr(), nullptr, N, D,
                             centered[0].data_ptr(), stream);
-  center_scale_columns_cuda(dt, z_b.data_ptr(), colstats[kMeanB].data_ptr(), nullptr, N, D,
+  center_scale_columns_cuda(moments.dtype, z_b.data_ptr(), colstats[kMeanB].data_ptr(), nullptr, N, D,
                             centered[1].data_ptr(), stream);
   for (int v = 0; v < 2; ++v) {
     at::Tensor g = gram[v];
@@ -99,9 +91,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vicreg_forward(
     }
   }
   const void* us[2] = {gram[0].data_ptr(), gram[1].data_ptr()};
-  add_frobenius_dots_cuda(is_double, 2, us, us, R, R, !gram_route, cov_scale, terms.data_ptr(), 2,
-                          workspace.data_ptr(), stream);
-  if (check_finite) raise_non_finite(flag_dev.item<int>(), kLoss, "z_a", "z_b");
+  add_frobenius_dots_cuda(moments.is_double, 2, us, us, R, R, !gram_route, cov_scale, terms.data_ptr(), 2,
+                          moments.workspace.data_ptr(), stream);
+  if (check_finite) raise_non_finite(moments.flags.item<int>(), kLoss, "z_a", "z_b");
   return {terms, centered, gram, colstats};
 #else
   TORCH_CHECK(false, kLoss, ": got CUDA tensors. ", kRebuildHint);

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/cuda_utils.cuh"
+#include "losses/column_moments.cuh"
 #include "losses/covariance_kernels.h"
 
 namespace jem_fast {
@@ -29,14 +30,8 @@ __global__ void vicreg_finalize_kernel(const A* __restrict__ partials, int64_t n
   double invariance = 0.0, hinge = 0.0, diagsq = 0.0;
   int local_flags = 0;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    double s[kNumMoments - 2] = {0, 0, 0, 0, 0, 0};
-    for (int64_t k = 0; k < num_splits; ++k) {
-      const A* p = partials + k * kNumMoments * D;
-#pragma unroll
-      for (int m = 0; m < kNumMoments - 2; ++m) s[m] += static_cast<double>(p[m * D + d]);
-    }
-    if (!isfinite(s[kSumA]) || !isfinite(s[kSumAA])) local_flags |= kNonFiniteA;
-    if (!isfinite(s[kSumB]) || !isfinite(s[kSumBB])) local_flags |= kNonFiniteB;
+    double s[kNumMoments - 2];
+    local_flags |= sum_moment_splits(partials, num_splits, D, d, s);
     const double m2a = fmax(s[kSumAA] - s[kSumA] * s[kSumA] / n, 0.0);
     const double m2b = fmax(s[kSumBB] - s[kSumB] * s[kSumB] / n, 0.0);
     const double std_a = sqrt(m2a / (n - 1.0) + eps);
@@ -44,8 +39,8 @@ __global__ void vicreg_finalize_kernel(const A* __restrict__ partials, int64_t n
     hinge += fmax(1.0 - std_a, 0.0) + fmax(1.0 - std_b, 0.0);
     diagsq += m2a * m2a + m2b * m2b;
     invariance += s[kSumDiffSq];
-    colstats[kMeanA * D + d] = static_cast<A>(static_cast<double>(partials[kShiftA * D + d]) + s[kSumA] / n);
-    colstats[kMeanB * D + d] = static_cast<A>(static_cast<double>(partials[kShiftB * D + d]) + s[kSumB] / n);
+    colstats[kMeanA * D + d] = static_cast<A>(column_mean(partials, D, d, 0, s[kSumA], n));
+    colstats[kMeanB * D + d] = static_cast<A>(column_mean(partials, D, d, 1, s[kSumB], n));
     colstats[kStat2A * D + d] = static_cast<A>(m2a);
     colstats[kStat2B * D + d] = static_cast<A>(m2b);
     colstats[kStat3A * D + d] = static_cast<A>(std_a);
