@@ -106,6 +106,21 @@ inline at::Tensor mm_matrix_times(const at::Tensor& m, const at::Tensor& x, bool
   return y.mul_(scale);
 }
 
+// mm_matrix_times, written into `out` (the gradient buffer the epilogue then overwrites in place)
+// when no dtype conversion is needed, so no extra N x D buffer is held.
+inline at::Tensor mm_matrix_times_into(const at::Tensor& m, const at::Tensor& x, bool m_on_right,
+                                       at::Tensor out) {
+  if (x.scalar_type() != m.scalar_type() || out.scalar_type() != m.scalar_type()) {
+    return mm_matrix_times(m, x, m_on_right).contiguous();
+  }
+  if (m_on_right) {
+    at::mm_out(out, x, m);
+  } else {
+    at::mm_out(out, m, x);
+  }
+  return out;
+}
+
 inline void raise_non_finite(int flags, const char* loss, const char* name_a,
                              const char* name_b) {
   if (flags == 0) return;

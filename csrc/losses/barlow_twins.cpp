@@ -113,20 +113,21 @@ std::tuple<at::Tensor, at::Tensor> barlow_twins_backward(const at::Tensor& grad_
   const int64_t N = normalized.size(1), D = normalized.size(2);
   const at::Tensor grad_terms = grad_terms_in.to(colstats.scalar_type()).contiguous();
   at::Tensor grad = at::empty_like(normalized);
-  // d||A^T B||^2 / dA = 2 (B B^T) A = 2 B (A^T B)^T, and symmetrically for B.
-  at::Tensor y[2];
-  if (gram_route) {
-    y[0] = mm_matrix_times(gram[1], normalized[0], /*m_on_right=*/false).contiguous();
-    y[1] = mm_matrix_times(gram[0], normalized[1], /*m_on_right=*/false).contiguous();
-  } else {
-    y[0] = mm_matrix_times(gram[0].t(), normalized[1], /*m_on_right=*/true).contiguous();
-    y[1] = mm_matrix_times(gram[0], normalized[0], /*m_on_right=*/true).contiguous();
-  }
+  // d||A^T B||^2 / dA = 2 (B B^T) A = 2 B (A^T B)^T, and symmetrically for B; written into the
+  // gradient buffer and finished in place by the batch-norm backward.
+  auto y_of = [&](int v) {
+    if (gram_route) {
+      return mm_matrix_times_into(gram[1 - v], normalized[v], /*m_on_right=*/false, grad[v]);
+    }
+    return mm_matrix_times_into(v == 0 ? gram[0].t() : gram[0], normalized[1 - v],
+                                /*m_on_right=*/true, grad[v]);
+  };
   if (!normalized.is_cuda()) {
     AT_DISPATCH_FLOATING_TYPES(normalized.scalar_type(), "barlow_twins_backward_cpu", [&] {
       for (int v = 0; v < 2; ++v) {
+        const at::Tensor y = y_of(v);
         barlow_twins_backward_view_cpu<scalar_t>(
-            grad_terms.data_ptr<scalar_t>(), y[v].data_ptr<scalar_t>(),
+            grad_terms.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
             normalized[v].data_ptr<scalar_t>(), normalized[1 - v].data_ptr<scalar_t>(),
             colstats.data_ptr<scalar_t>(), v, N, D, grad[v].data_ptr<scalar_t>());
       }
@@ -140,7 +141,8 @@ std::tuple<at::Tensor, at::Tensor> barlow_twins_backward(const at::Tensor& grad_
   at::Tensor workspace =
       at::empty({cuda_workspace_bytes(N, D)}, normalized.options().dtype(at::kByte));
   for (int v = 0; v < 2; ++v) {
-    barlow_twins_backward_view_cuda(dt, grad_terms.data_ptr(), y[v].data_ptr(),
+    const at::Tensor y = y_of(v);
+    barlow_twins_backward_view_cuda(dt, grad_terms.data_ptr(), y.data_ptr(),
                                     normalized[v].data_ptr(), normalized[1 - v].data_ptr(),
                                     colstats.data_ptr(), v, N, D, grad[v].data_ptr(),
                                     workspace.data_ptr(), stream);

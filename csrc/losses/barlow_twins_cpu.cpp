@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/cpu_multiversion.h"
 #include "losses/covariance_kernels.h"
 
 namespace jem_fast {
@@ -13,6 +14,52 @@ namespace covariance {
 namespace {
 constexpr double kBatchNormEps = 1e-5;  // F.batch_norm's default, what lightly uses
 constexpr int64_t kColBlock = 32;
+constexpr int64_t kRowBlock = 256;
+}  // namespace
+
+namespace {
+
+// One block of columns: the reduction pass (sum_n y * self, in T within row blocks folded into
+// double), then the elementwise pass. grad may alias y: each element is read before written.
+template <typename T>
+JEM_CPU_MULTIVERSION void barlow_grad_column_block(const T* y, const T* self_norm,
+                                                   const T* other_norm, const T* inv_std,
+                                                   const T* c_diag, double alpha, double g0,
+                                                   double g1, int64_t N, int64_t D, int64_t c0,
+                                                   int64_t width, T* grad) {
+  const double n = static_cast<double>(N);
+  double sum_ya[kColBlock] = {};
+  for (int64_t r0 = 0; r0 < N; r0 += kRowBlock) {
+    const int64_t r1 = std::min(N, r0 + kRowBlock);
+    T part[kColBlock] = {};
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* yr = y + r * D + c0;
+      const T* ar = self_norm + r * D + c0;
+      for (int64_t j = 0; j < width; ++j) part[j] += yr[j] * ar[j];
+    }
+    for (int64_t j = 0; j < width; ++j) sum_ya[j] += static_cast<double>(part[j]);
+  }
+  T t_coef[kColBlock], t_mean_daa[kColBlock], t_scale[kColBlock];
+  for (int64_t j = 0; j < width; ++j) {
+    const double c = c_diag[c0 + j];
+    const double coef = 2.0 * (g0 * (c - 1.0) - g1 * c) / n;
+    t_coef[j] = static_cast<T>(coef);
+    t_mean_daa[j] = static_cast<T>(alpha * sum_ya[j] / n + coef * c);
+    t_scale[j] = inv_std[c0 + j];
+  }
+  const T t_alpha = static_cast<T>(alpha);
+  for (int64_t r = 0; r < N; ++r) {
+    const int64_t off = r * D + c0;
+    const T* yr = y + off;
+    const T* ar = self_norm + off;
+    const T* br = other_norm + off;
+    T* gr = grad + off;
+    for (int64_t j = 0; j < width; ++j) {
+      gr[j] = t_scale[j] * (t_alpha * yr[j] + t_coef[j] * br[j] - ar[j] * t_mean_daa[j]);
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -57,49 +104,14 @@ void barlow_twins_backward_view_cpu(const T* grad_terms, const T* y, const T* se
   const T* inv_std = colstats + (view == 0 ? kStat2A : kStat2B) * D;
   const T* c_diag = colstats + kStat3A * D;
   const int64_t num_blocks = (D + kColBlock - 1) / kColBlock;
+  // Batch-norm backward: grad = inv_std * (dA - mean_n dA - self * mean_n(dA * self)). The
+  // normalized columns have zero mean, so mean_n dA = 0 (1^T B = 0 makes 1^T y = 0 too), and
+  // mean_n(other * self) = c: only sum_n y * self needs a pass over the data.
   at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
-    double sum_y[kColBlock], sum_ya[kColBlock], sum_b[kColBlock], sum_ba[kColBlock];
-    double coef[kColBlock], mean_da[kColBlock], mean_daa[kColBlock];
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t c0 = blk * kColBlock;
-      const int64_t width = std::min(kColBlock, D - c0);
-      for (int64_t j = 0; j < width; ++j) sum_y[j] = sum_ya[j] = sum_b[j] = sum_ba[j] = 0.0;
-      for (int64_t r = 0; r < N; ++r) {
-        const int64_t off = r * D + c0;
-        for (int64_t j = 0; j < width; ++j) {
-          const double yv = y[off + j], a = self_norm[off + j], b = other_norm[off + j];
-          sum_y[j] += yv;
-          sum_ya[j] += yv * a;
-          sum_b[j] += b;
-          sum_ba[j] += b * a;
-        }
-      }
-      for (int64_t j = 0; j < width; ++j) {
-        const double c = c_diag[c0 + j];
-        coef[j] = 2.0 * (g0 * (c - 1.0) - g1 * c) / n;
-        mean_da[j] = (alpha * sum_y[j] + coef[j] * sum_b[j]) / n;
-        mean_daa[j] = (alpha * sum_ya[j] + coef[j] * sum_ba[j]) / n;
-      }
-      // The elementwise pass in T: grad = s * (alpha y + coef other - mean_da - self mean_daa).
-      T t_coef[kColBlock], t_shift[kColBlock], t_mean_daa[kColBlock], t_scale[kColBlock];
-      for (int64_t j = 0; j < width; ++j) {
-        t_coef[j] = static_cast<T>(coef[j]);
-        t_shift[j] = static_cast<T>(mean_da[j]);
-        t_mean_daa[j] = static_cast<T>(mean_daa[j]);
-        t_scale[j] = inv_std[c0 + j];
-      }
-      const T t_alpha = static_cast<T>(alpha);
-      for (int64_t r = 0; r < N; ++r) {
-        const int64_t off = r * D + c0;
-        const T* yr = y + off;
-        const T* ar = self_norm + off;
-        const T* br = other_norm + off;
-        T* gr = grad + off;
-        for (int64_t j = 0; j < width; ++j) {
-          gr[j] = t_scale[j] *
-                  (t_alpha * yr[j] + t_coef[j] * br[j] - t_shift[j] - ar[j] * t_mean_daa[j]);
-        }
-      }
+      barlow_grad_column_block<T>(y, self_norm, other_norm, inv_std, c_diag, alpha, g0, g1, N, D,
+                                  c0, std::min(kColBlock, D - c0), grad);
     }
   });
 }

@@ -20,7 +20,6 @@ constexpr double kBatchNormEps = 1e-5;  // F.batch_norm's default, what lightly 
 constexpr int kFinalizeThreads = 1024;
 constexpr int kTileCols = 32;
 constexpr int kTileRows = 8;
-constexpr int kNumSums = 4;  // sum y, sum y*self, sum other, sum other*self
 
 template <typename A>
 __global__ void barlow_twins_finalize_kernel(const A* __restrict__ partials, int64_t num_splits,
@@ -63,44 +62,35 @@ __global__ void barlow_twins_finalize_kernel(const A* __restrict__ partials, int
   }
 }
 
-// Per-column partial sums over a split of rows: y, y * self, other, other * self.
+// Batch-norm backward: grad = inv_std * (dA - mean_n dA - self * mean_n(dA * self)). The
+// normalized columns have zero mean, so mean_n dA = 0 (1^T B = 0 makes 1^T y = 0 too), and
+// mean_n(other * self) = c: only sum_n y * self needs a reduction, done here per row split.
 template <typename T>
-__global__ void barlow_column_sums_kernel(const acc_t<T>* __restrict__ y,
-                                          const T* __restrict__ self_norm,
-                                          const T* __restrict__ other_norm, int64_t N, int64_t D,
-                                          int64_t rows_per_split, acc_t<T>* __restrict__ partials) {
+__global__ void barlow_sum_y_self_kernel(const acc_t<T>* __restrict__ y,
+                                         const T* __restrict__ self_norm, int64_t N, int64_t D,
+                                         int64_t rows_per_split, acc_t<T>* __restrict__ partials) {
   using A = acc_t<T>;
-  __shared__ A shared[kNumSums][kTileRows][kTileCols];
+  __shared__ A shared[kTileRows][kTileCols];
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kTileCols + threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_split;
   const int64_t r1 = r0 + rows_per_split < N ? r0 + rows_per_split : N;
-  A acc[kNumSums] = {A(0), A(0), A(0), A(0)};
+  A acc = A(0);
   if (col < D) {
     for (int64_t r = r0 + threadIdx.y; r < r1; r += kTileRows) {
       const int64_t i = r * D + col;
-      const A yv = y[i], a = load_acc(self_norm + i), b = load_acc(other_norm + i);
-      acc[0] += yv;
-      acc[1] += yv * a;
-      acc[2] += b;
-      acc[3] += b * a;
+      acc += y[i] * load_acc(self_norm + i);
     }
   }
-#pragma unroll
-  for (int m = 0; m < kNumSums; ++m) shared[m][threadIdx.y][threadIdx.x] = acc[m];
+  shared[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();
   if (threadIdx.y == 0 && col < D) {
-    A* out = partials + static_cast<int64_t>(blockIdx.y) * kNumSums * D;
-#pragma unroll
-    for (int m = 0; m < kNumSums; ++m) {
-      A s = A(0);
-      for (int yy = 0; yy < kTileRows; ++yy) s += shared[m][yy][threadIdx.x];
-      out[m * D + col] = s;
-    }
+    A s = A(0);
+    for (int yy = 0; yy < kTileRows; ++yy) s += shared[yy][threadIdx.x];
+    partials[static_cast<int64_t>(blockIdx.y) * D + col] = s;
   }
 }
 
-// Per-column coefficients of the gradient from the split partial sums (once per column, so the
-// elementwise pass below reads three values per column instead of re-reducing the splits).
+// Per-column coefficients from the split partial sums: coef (of other) and mean_n(dA * self).
 template <typename A>
 __global__ void barlow_column_coefficients_kernel(const A* __restrict__ grad_terms,
                                                   const A* __restrict__ colstats, int64_t N,
@@ -112,27 +102,24 @@ __global__ void barlow_column_coefficients_kernel(const A* __restrict__ grad_ter
   const A n = static_cast<A>(N);
   const A g0 = grad_terms[0], g1 = grad_terms[1];
   const A alpha = A(2) * g1 / (n * n);
-  A sums[kNumSums] = {A(0), A(0), A(0), A(0)};
-  for (int64_t k = 0; k < num_splits; ++k) {
-#pragma unroll
-    for (int m = 0; m < kNumSums; ++m) sums[m] += partials[(k * kNumSums + m) * D + col];
-  }
+  A sum_ya = A(0);
+  for (int64_t k = 0; k < num_splits; ++k) sum_ya += partials[k * D + col];
   const A c = colstats[kStat3A * D + col];
   const A coef = A(2) * (g0 * (c - A(1)) - g1 * c) / n;
   coefficients[col] = coef;
-  coefficients[D + col] = (alpha * sums[0] + coef * sums[2]) / n;      // mean_n dA
-  coefficients[2 * D + col] = (alpha * sums[1] + coef * sums[3]) / n;  // mean_n dA * self
+  coefficients[D + col] = alpha * sum_ya / n + coef * c;
 }
 
+// `y` and `grad` may be the same buffer: each element is read before it is written.
 template <typename T>
 __global__ void barlow_backward_apply_kernel(const acc_t<T>* __restrict__ grad_terms,
-                                             const acc_t<T>* __restrict__ y,
+                                             const acc_t<T>* y,
                                              const T* __restrict__ self_norm,
                                              const T* __restrict__ other_norm,
                                              const acc_t<T>* __restrict__ colstats, int view,
                                              int64_t N, int64_t D,
                                              const acc_t<T>* __restrict__ coefficients,
-                                             T* __restrict__ grad) {
+                                             T* grad) {
   using A = acc_t<T>;
   const A n = static_cast<A>(N);
   const A alpha = A(2) * grad_terms[1] / (n * n);
@@ -143,8 +130,7 @@ __global__ void barlow_backward_apply_kernel(const acc_t<T>* __restrict__ grad_t
     const int64_t d = i % D;
     const A a = load_acc(self_norm + i);
     const A da = alpha * y[i] + coefficients[d] * load_acc(other_norm + i);
-    grad[i] = cuda::store_cast<T>(
-        static_cast<double>(inv_std[d] * (da - coefficients[D + d] - a * coefficients[2 * D + d])));
+    grad[i] = cuda::store_cast<T>(static_cast<double>(inv_std[d] * (da - a * coefficients[D + d])));
   }
 }
 
@@ -174,10 +160,10 @@ void barlow_twins_backward_view_cuda(DType dtype, const void* grad_terms, const 
     using T = decltype(tag);
     using A = acc_t<T>;
     A* partials = static_cast<A*>(workspace);
-    A* coefficients = partials + splits * kNumSums * D;
-    barlow_column_sums_kernel<T><<<grid, block, 0, stream>>>(
-        static_cast<const A*>(y), static_cast<const T*>(self_norm),
-        static_cast<const T*>(other_norm), N, D, rows_per_split, partials);
+    A* coefficients = partials + splits * D;
+    barlow_sum_y_self_kernel<T><<<grid, block, 0, stream>>>(
+        static_cast<const A*>(y), static_cast<const T*>(self_norm), N, D, rows_per_split,
+        partials);
     barlow_column_coefficients_kernel<A><<<static_cast<unsigned>(ceil_div(D, 256)), 256, 0, stream>>>(
         static_cast<const A*>(grad_terms), static_cast<const A*>(colstats), N, D, splits, partials,
         coefficients);

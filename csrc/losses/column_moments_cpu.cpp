@@ -5,53 +5,109 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/cpu_multiversion.h"
 #include "losses/covariance_kernels.h"
 
 namespace jem_fast {
 namespace covariance {
 
 namespace {
+
 constexpr int64_t kColBlock = 32;
+constexpr int64_t kRowBlock = 256;
+
+// Adds the shifted moments of rows [begin, end) into acc (6 x D, double). Rows are streamed in
+// memory order and summed in T within blocks of kRowBlock rows (vector-friendly, accurate for a
+// few hundred shifted values), each block folded into double.
+template <typename T>
+JEM_CPU_MULTIVERSION void moments_of_rows(const T* __restrict__ za, const T* __restrict__ zb,
+                                          int64_t begin, int64_t end, int64_t D,
+                                          double* __restrict__ acc, T* __restrict__ part) {
+  const T* shift_a = za;  // row 0
+  const T* shift_b = zb;
+  for (int64_t r0 = begin; r0 < end; r0 += kRowBlock) {
+    const int64_t r1 = std::min(end, r0 + kRowBlock);
+    std::fill(part, part + 6 * D, T(0));
+    T* sa = part + kSumA * D;
+    T* sb = part + kSumB * D;
+    T* saa = part + kSumAA * D;
+    T* sbb = part + kSumBB * D;
+    T* sab = part + kSumAB * D;
+    T* sdd = part + kSumDiffSq * D;
+    for (int64_t n = r0; n < r1; ++n) {
+      const T* ra = za + n * D;
+      const T* rb = zb + n * D;
+      for (int64_t d = 0; d < D; ++d) {
+        const T da = ra[d] - shift_a[d];
+        const T db = rb[d] - shift_b[d];
+        const T diff = ra[d] - rb[d];
+        sa[d] += da;
+        sb[d] += db;
+        saa[d] += da * da;
+        sbb[d] += db * db;
+        sab[d] += da * db;
+        sdd[d] += diff * diff;
+      }
+    }
+    for (int64_t i = 0; i < 6 * D; ++i) acc[i] += static_cast<double>(part[i]);
+  }
 }
 
 template <typename T>
+JEM_CPU_MULTIVERSION void center_scale_rows(const T* __restrict__ z, const T* __restrict__ mean,
+                                            const T* __restrict__ scale, int64_t begin,
+                                            int64_t end, int64_t D, T* __restrict__ out) {
+  for (int64_t n = begin; n < end; ++n) {
+    const T* row = z + n * D;
+    T* dst = out + n * D;
+    if (scale) {
+      for (int64_t d = 0; d < D; ++d) dst[d] = (row[d] - mean[d]) * scale[d];
+    } else {
+      for (int64_t d = 0; d < D; ++d) dst[d] = row[d] - mean[d];
+    }
+  }
+}
+
+// sum_j u[j] * v[j] over [begin, end), accumulated in T in chunks folded into double.
+template <typename T>
+JEM_CPU_MULTIVERSION double dot_range(const T* u, const T* v, int64_t begin, int64_t end) {
+  double total = 0.0;
+  for (int64_t c0 = begin; c0 < end; c0 += 1024) {
+    const int64_t c1 = std::min(end, c0 + 1024);
+    T part = 0;
+    for (int64_t j = c0; j < c1; ++j) part += u[j] * v[j];
+    total += static_cast<double>(part);
+  }
+  return total;
+}
+
+}  // namespace
+
+template <typename T>
 void paired_column_moments_cpu(const T* za, const T* zb, int64_t N, int64_t D, T* moments) {
-  const int64_t num_blocks = (D + kColBlock - 1) / kColBlock;
-  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
-    double acc[6][kColBlock];
-    double shift_a[kColBlock], shift_b[kColBlock];
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t c0 = blk * kColBlock;
-      const int64_t width = std::min(kColBlock, D - c0);
-      for (int64_t j = 0; j < width; ++j) {
-        shift_a[j] = static_cast<double>(za[c0 + j]);
-        shift_b[j] = static_cast<double>(zb[c0 + j]);
-        for (int m = 0; m < 6; ++m) acc[m][j] = 0.0;
-      }
-      for (int64_t n = 0; n < N; ++n) {
-        const T* ra = za + n * D + c0;
-        const T* rb = zb + n * D + c0;
-        for (int64_t j = 0; j < width; ++j) {
-          const double a = static_cast<double>(ra[j]);
-          const double b = static_cast<double>(rb[j]);
-          const double da = a - shift_a[j];
-          const double db = b - shift_b[j];
-          const double diff = a - b;
-          acc[kSumA][j] += da;
-          acc[kSumB][j] += db;
-          acc[kSumAA][j] += da * da;
-          acc[kSumBB][j] += db * db;
-          acc[kSumAB][j] += da * db;
-          acc[kSumDiffSq][j] += diff * diff;
-        }
-      }
-      for (int64_t j = 0; j < width; ++j) {
-        for (int m = 0; m < 6; ++m) moments[m * D + c0 + j] = static_cast<T>(acc[m][j]);
-        moments[kShiftA * D + c0 + j] = static_cast<T>(shift_a[j]);
-        moments[kShiftB * D + c0 + j] = static_cast<T>(shift_b[j]);
-      }
+  // Row ranges in parallel, each into its own double accumulators, summed in range order.
+  const int64_t max_chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                                    (N + kRowBlock - 1) / kRowBlock));
+  const int64_t rows_per_chunk = (N + max_chunks - 1) / max_chunks;
+  const int64_t chunks = (N + rows_per_chunk - 1) / rows_per_chunk;
+  std::vector<double> acc(static_cast<size_t>(chunks * 6 * D), 0.0);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> part(static_cast<size_t>(6 * D));
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t r0 = c * rows_per_chunk;
+      moments_of_rows<T>(za, zb, r0, std::min(N, r0 + rows_per_chunk), D, acc.data() + c * 6 * D,
+                         part.data());
     }
   });
+  for (int64_t i = 0; i < 6 * D; ++i) {
+    double total = 0.0;
+    for (int64_t c = 0; c < chunks; ++c) total += acc[c * 6 * D + i];
+    moments[i] = static_cast<T>(total);
+  }
+  for (int64_t d = 0; d < D; ++d) {
+    moments[kShiftA * D + d] = za[d];
+    moments[kShiftB * D + d] = zb[d];
+  }
 }
 
 template <typename T>
@@ -59,15 +115,7 @@ void center_scale_columns_cpu(const T* z, const T* mean, const T* scale, int64_t
                               T* out) {
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const T* row = z + n * D;
-      T* dst = out + n * D;
-      if (scale) {
-        for (int64_t d = 0; d < D; ++d) dst[d] = (row[d] - mean[d]) * scale[d];
-      } else {
-        for (int64_t d = 0; d < D; ++d) dst[d] = row[d] - mean[d];
-      }
-    }
+    center_scale_rows<T>(z, mean, scale, begin, end, D, out);
   });
 }
 
@@ -82,12 +130,11 @@ double frobenius_dot_cpu(const T* u, const T* v, int64_t R, int64_t C, bool skip
           const T* vr = v + i * C;
           // Skip the diagonal by splitting the row rather than subtracting it afterwards: the
           // diagonal dominates a covariance matrix and the subtraction would cancel.
-          const int64_t split = (skip_diagonal && i < C) ? i : C;
-          double row = 0.0;
-          for (int64_t j = 0; j < split; ++j) row += static_cast<double>(ur[j]) * vr[j];
-          for (int64_t j = split + (split < C ? 1 : 0); j < C; ++j)
-            row += static_cast<double>(ur[j]) * vr[j];
-          partial += row;
+          if (skip_diagonal && i < C) {
+            partial += dot_range<T>(ur, vr, 0, i) + dot_range<T>(ur, vr, i + 1, C);
+          } else {
+            partial += dot_range<T>(ur, vr, 0, C);
+          }
         }
         return partial;
       },

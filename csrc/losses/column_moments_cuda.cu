@@ -128,7 +128,7 @@ int64_t moments_num_row_splits_cuda(int64_t N, int64_t D) {
 int64_t cuda_workspace_bytes(int64_t N, int64_t D) {
   const int64_t frobenius = kFrobeniusBlocks * static_cast<int64_t>(sizeof(double));
   const int64_t column_sums =
-      (moments_num_row_splits_cuda(N, D) * 4 + 3) * D * static_cast<int64_t>(sizeof(double));
+      (moments_num_row_splits_cuda(N, D) + 2) * D * static_cast<int64_t>(sizeof(double));
   return frobenius > column_sums ? frobenius : column_sums;
 }
 

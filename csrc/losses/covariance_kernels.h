@@ -59,7 +59,7 @@ template <typename T>
 int vicreg_finalize_cpu(const T* moments, int64_t N, int64_t D, double eps, bool gram_route,
                         T* colstats, T* terms);
 
-// VICReg gradient of one view, written once:
+// VICReg gradient of one view, written once (grad may alias y):
 //   grad = alpha * y + x * colscale[d] + beta * (x - x_other + mean_self[d] - mean_other[d])
 // with alpha, beta, colscale derived from grad_terms and colstats (view = 0 for z_a, 1 for z_b).
 template <typename T>
@@ -72,9 +72,9 @@ template <typename T>
 int barlow_twins_finalize_cpu(const T* moments, int64_t N, int64_t D, bool gram_route,
                               T* colstats, T* terms);
 
-// Barlow Twins gradient of one view through its batch norm, written once:
+// Barlow Twins gradient of one view through its batch norm, written once (grad may alias y):
 //   dA   = alpha * y + coef[d] * other,  alpha = 2 g1 / N^2,  coef = 2 (g0 (c - 1) - g1 c) / N
-//   grad = inv_std[d] * (dA - mean_n dA - self * mean_n(dA * self))
+//   grad = inv_std[d] * (dA - self * mean_n(dA * self))      (mean_n dA = 0 for centered views)
 template <typename T>
 void barlow_twins_backward_view_cpu(const T* grad_terms, const T* y, const T* self_norm,
                                     const T* other_norm, const T* colstats, int view, int64_t N,

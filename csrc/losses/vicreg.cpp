@@ -110,16 +110,17 @@ std::tuple<at::Tensor, at::Tensor> vicreg_backward(const at::Tensor& grad_terms_
   const int64_t N = centered.size(1), D = centered.size(2);
   const at::Tensor grad_terms = grad_terms_in.to(colstats.scalar_type()).contiguous();
   at::Tensor grad = at::empty_like(centered);
-  at::Tensor y[2];
-  for (int v = 0; v < 2; ++v) {
-    // d||x^T x||^2 / dx = 4 G x = 4 x C: one matmul per view with the saved matrix.
-    y[v] = mm_matrix_times(gram[v], centered[v], /*m_on_right=*/!gram_route).contiguous();
-  }
+  // d||x^T x||^2 / dx = 4 G x = 4 x C: one matmul per view with the saved matrix, written into
+  // the gradient buffer and finished in place by the epilogue.
+  auto y_of = [&](int v) {
+    return mm_matrix_times_into(gram[v], centered[v], /*m_on_right=*/!gram_route, grad[v]);
+  };
   if (!centered.is_cuda()) {
     AT_DISPATCH_FLOATING_TYPES(centered.scalar_type(), "vicreg_backward_cpu", [&] {
       for (int v = 0; v < 2; ++v) {
+        const at::Tensor y = y_of(v);
         vicreg_backward_view_cpu<scalar_t>(
-            grad_terms.data_ptr<scalar_t>(), y[v].data_ptr<scalar_t>(),
+            grad_terms.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
             centered[v].data_ptr<scalar_t>(), centered[1 - v].data_ptr<scalar_t>(),
             colstats.data_ptr<scalar_t>(), v, N, D, grad[v].data_ptr<scalar_t>());
       }
@@ -131,7 +132,8 @@ std::tuple<at::Tensor, at::Tensor> vicreg_backward(const at::Tensor& grad_terms_
   cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
   const DType dt = to_kernel_dtype(centered.scalar_type());
   for (int v = 0; v < 2; ++v) {
-    vicreg_backward_view_cuda(dt, grad_terms.data_ptr(), y[v].data_ptr(), centered[v].data_ptr(),
+    const at::Tensor y = y_of(v);
+    vicreg_backward_view_cuda(dt, grad_terms.data_ptr(), y.data_ptr(), centered[v].data_ptr(),
                               centered[1 - v].data_ptr(), colstats.data_ptr(), v, N, D,
                               grad[v].data_ptr(), stream);
   }

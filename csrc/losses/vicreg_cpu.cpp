@@ -5,10 +5,32 @@
 #include <cmath>
 #include <vector>
 
+#include "common/cpu_multiversion.h"
 #include "losses/covariance_kernels.h"
 
 namespace jem_fast {
 namespace covariance {
+
+namespace {
+
+// grad = a * y + x * colscale + b * (x - x_other + shift), row by row; grad may alias y.
+template <typename T>
+JEM_CPU_MULTIVERSION void vicreg_grad_rows(const T* y, const T* x, const T* x_other,
+                                           const T* colscale, const T* shift, T a, T b,
+                                           int64_t begin, int64_t end, int64_t D, T* grad) {
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t off = r * D;
+    const T* yr = y + off;
+    const T* xr = x + off;
+    const T* xo = x_other + off;
+    T* gr = grad + off;
+    for (int64_t d = 0; d < D; ++d) {
+      gr[d] = a * yr[d] + xr[d] * colscale[d] + b * (xr[d] - xo[d] + shift[d]);
+    }
+  }
+}
+
+}  // namespace
 
 template <typename T>
 int vicreg_finalize_cpu(const T* moments, int64_t N, int64_t D, double eps, bool gram_route,
@@ -68,16 +90,7 @@ void vicreg_backward_view_cpu(const T* grad_terms, const T* y, const T* x, const
   const T a = static_cast<T>(alpha), b = static_cast<T>(beta);
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t off = r * D;
-      const T* yr = y + off;
-      const T* xr = x + off;
-      const T* xo = x_other + off;
-      T* gr = grad + off;
-      for (int64_t d = 0; d < D; ++d) {
-        gr[d] = a * yr[d] + xr[d] * colscale[d] + b * (xr[d] - xo[d] + shift[d]);
-      }
-    }
+    vicreg_grad_rows<T>(y, x, x_other, colscale.data(), shift.data(), a, b, begin, end, D, grad);
   });
 }
 

@@ -61,13 +61,14 @@ __global__ void vicreg_finalize_kernel(const A* __restrict__ partials, int64_t n
   }
 }
 
+// `y` and `grad` may be the same buffer: each element is read before it is written.
 template <typename T>
 __global__ void vicreg_backward_view_kernel(const acc_t<T>* __restrict__ grad_terms,
-                                            const acc_t<T>* __restrict__ y,
+                                            const acc_t<T>* y,
                                             const T* __restrict__ x,
                                             const T* __restrict__ x_other,
                                             const acc_t<T>* __restrict__ colstats, int view,
-                                            int64_t N, int64_t D, T* __restrict__ grad) {
+                                            int64_t N, int64_t D, T* grad) {
   using A = acc_t<T>;
   const A n = static_cast<A>(N), dd = static_cast<A>(D);
   const A g_inv = grad_terms[0], g_var = grad_terms[1], g_cov = grad_terms[2];
