@@ -1,0 +1,205 @@
+// Memory-linear InfoNCE core: schema, checks and the chunked host loop.
+//
+//   info_nce_lse(q (N, D), k (M, D), scale, self_column (N,)?, with_columns, chunk_rows)
+//       -> (row_lse (N,), col_lse (M,) or (0,))
+//   row_lse[i] = log sum_{j != self_column[i]} exp(scale q_i . k_j)
+//   col_lse[j] = log sum_i exp(scale q_i . k_j)            (with_columns, no self mask)
+//
+//   info_nce_lse_backward(grad_row, grad_col?, q, k, row_lse, col_lse, scale, self_column?,
+//                         with_columns, need_grad_k, chunk_rows) -> (grad_q, grad_k or (0,))
+//
+// The positive term and the reductions stay outside (jem_fast/ops/info_nce.py). Queries are
+// processed in chunks of rows: one chunk of logits (chunk_rows x M, float32 or float64) exists at
+// a time, so the extra memory is O(chunk_rows * M + (N + M) * D), never N x M. The backward
+// recomputes each chunk once and turns it into dS in place, then dq = scale dS k and
+// dk += scale dS^T q. Computation is float32 (float64 for float64 inputs); half inputs are
+// upcast once (O((N + M) D)).
+#include <torch/library.h>
+
+#include <cmath>
+#include <optional>
+
+#include "common/host_utils.h"
+#include "losses/info_nce_kernels.h"
+
+namespace jem_fast {
+namespace info_nce {
+namespace {
+
+constexpr const char* kOp = "info_nce_lse";
+// Default logits budget per chunk: 64 MiB, the bound on the op's extra memory besides the
+// O((N + M) D) copies and gradients.
+constexpr int64_t kChunkBytes = int64_t(64) << 20;
+
+void check_inputs(const at::Tensor& q, const at::Tensor& k, double scale,
+                  const std::optional<at::Tensor>& self_column, bool with_columns) {
+  TORCH_CHECK(q.dim() == 2, kOp, ": query must be 2-D (batch, dim), got shape ", q.sizes());
+  TORCH_CHECK(k.dim() == 2, kOp, ": key must be 2-D (num_keys, dim), got shape ", k.sizes());
+  TORCH_CHECK(q.size(0) >= 1, kOp, ": the query batch is empty");
+  TORCH_CHECK(k.size(0) >= 1, kOp, ": there are no keys");
+  TORCH_CHECK(q.size(1) == k.size(1), kOp, ": query and key must have the same dimension, got ",
+              q.size(1), " and ", k.size(1));
+  TORCH_CHECK(q.size(1) >= 1, kOp, ": the embedding dimension must be at least 1");
+  TORCH_CHECK(at::isFloatingType(q.scalar_type()), kOp,
+              ": query must be a floating-point tensor, got ", q.scalar_type());
+  TORCH_CHECK(q.scalar_type() == k.scalar_type(), kOp,
+              ": query and key must have the same dtype, got ", q.scalar_type(), " and ",
+              k.scalar_type());
+  TORCH_CHECK(q.device() == k.device(), kOp, ": query and key must be on the same device, got ",
+              q.device(), " and ", k.device());
+  TORCH_CHECK(std::isfinite(scale) && scale > 0.0, kOp,
+              ": scale (1 / temperature) must be finite and > 0, got ", scale);
+  if (self_column.has_value()) {
+    const auto& m = *self_column;
+    TORCH_CHECK(m.dim() == 1 && m.size(0) == q.size(0) && m.scalar_type() == at::kLong, kOp,
+                ": self_column must be an int64 vector with one entry per query row, got ",
+                m.sizes(), " ", m.scalar_type());
+    TORCH_CHECK(m.device() == q.device(), kOp, ": self_column must be on the query's device");
+    TORCH_CHECK(!with_columns, kOp, ": column log-sum-exps with a self mask are not supported");
+  }
+}
+
+int64_t rows_per_chunk(int64_t chunk_rows, int64_t M, int64_t itemsize) {
+  if (chunk_rows > 0) return chunk_rows;
+  return std::max<int64_t>(1, kChunkBytes / std::max<int64_t>(1, M * itemsize));
+}
+
+at::ScalarType compute_type(const at::Tensor& q) {
+  return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// lse[i] over rows of a against all rows of b, chunked.
+at::Tensor chunked_row_lse(const at::Tensor& a, const at::Tensor& b, double scale,
+                           const int64_t* mask, int64_t chunk_rows) {
+  const int64_t N = a.size(0), M = b.size(0);
+  at::Tensor lse = at::empty({N}, a.options());
+  const int64_t step = rows_per_chunk(chunk_rows, M, a.element_size());
+  const at::Tensor bt = b.t();
+#ifdef WITH_CUDA
+  cudaStream_t stream = a.is_cuda() ? at::cuda::getCurrentCUDAStream().stream() : nullptr;
+#endif
+  for (int64_t r0 = 0; r0 < N; r0 += step) {
+    const int64_t rows = std::min(step, N - r0);
+    const at::Tensor S = at::mm(a.narrow(0, r0, rows), bt);
+    const int64_t* chunk_mask = mask ? mask + r0 : nullptr;
+    if (!a.is_cuda()) {
+      AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "info_nce_row_lse_cpu", [&] {
+        row_lse_chunk_cpu<scalar_t>(S.data_ptr<scalar_t>(), rows, M, static_cast<scalar_t>(scale),
+                                    chunk_mask, lse.data_ptr<scalar_t>() + r0);
+      });
+    } else {
+#ifdef WITH_CUDA
+      row_lse_chunk_cuda(a.scalar_type() == at::kDouble, S.data_ptr(), rows, M, scale,
+                         chunk_mask, static_cast<char*>(lse.data_ptr()) + r0 * a.element_size(),
+                         stream);
+#endif
+    }
+  }
+  return lse;
+}
+
+std::tuple<at::Tensor, at::Tensor> info_nce_lse(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                 double scale,
+                                                 const std::optional<at::Tensor>& self_column,
+                                                 bool with_columns, int64_t chunk_rows) {
+  check_inputs(q_in, k_in, scale, self_column, with_columns);
+#ifdef WITH_CUDA
+  std::optional<c10::cuda::CUDAGuard> guard;
+  if (q_in.is_cuda()) guard.emplace(q_in.device());
+#else
+  TORCH_CHECK(!q_in.is_cuda(), kOp, ": got CUDA tensors. ", kRebuildHint);
+#endif
+  const auto ct = compute_type(q_in);
+  const at::Tensor q = q_in.to(ct).contiguous();
+  const at::Tensor k = k_in.to(ct).contiguous();
+  const at::Tensor mask = self_column.has_value() ? self_column->contiguous() : at::Tensor();
+  at::Tensor row_lse = chunked_row_lse(q, k, scale, mask.defined() ? mask.data_ptr<int64_t>() : nullptr,
+                                       chunk_rows);
+  // Column LSEs are the row LSEs of the transposed problem: one more pass of matmuls.
+  at::Tensor col_lse = with_columns ? chunked_row_lse(k, q, scale, nullptr, chunk_rows)
+                                    : at::empty({0}, q.options());
+  return {row_lse, col_lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> info_nce_lse_backward(
+    const at::Tensor& grad_row_in, const std::optional<at::Tensor>& grad_col_in,
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& row_lse,
+    const at::Tensor& col_lse, double scale, const std::optional<at::Tensor>& self_column,
+    bool with_columns, bool need_grad_k, int64_t chunk_rows) {
+#ifdef WITH_CUDA
+  std::optional<c10::cuda::CUDAGuard> guard;
+  if (q_in.is_cuda()) guard.emplace(q_in.device());
+  cudaStream_t stream = q_in.is_cuda() ? at::cuda::getCurrentCUDAStream().stream() : nullptr;
+#else
+  TORCH_CHECK(!q_in.is_cuda(), kOp, ": got CUDA tensors. ", kRebuildHint);
+#endif
+  const auto ct = compute_type(q_in);
+  const at::Tensor q = q_in.to(ct).contiguous();
+  const at::Tensor k = k_in.to(ct).contiguous();
+  const at::Tensor g = grad_row_in.to(ct).contiguous();
+  const bool use_cols = with_columns && grad_col_in.has_value() && grad_col_in->defined();
+  const at::Tensor h = use_cols ? grad_col_in->to(ct).contiguous() : at::Tensor();
+  const at::Tensor r = row_lse.to(ct).contiguous();
+  const at::Tensor c = use_cols ? col_lse.to(ct).contiguous() : at::Tensor();
+  const at::Tensor mask = self_column.has_value() ? self_column->contiguous() : at::Tensor();
+  const int64_t N = q.size(0), M = k.size(0), D = q.size(1);
+  at::Tensor grad_q = at::empty({N, D}, q.options());
+  at::Tensor grad_k = need_grad_k ? at::zeros({M, D}, q.options()) : at::empty({0}, q.options());
+  const int64_t step = rows_per_chunk(chunk_rows, M, q.element_size());
+  const at::Tensor kt = k.t();
+  for (int64_t r0 = 0; r0 < N; r0 += step) {
+    const int64_t rows = std::min(step, N - r0);
+    const at::Tensor q_chunk = q.narrow(0, r0, rows);
+    at::Tensor S = at::mm(q_chunk, kt);
+    const int64_t* chunk_mask = mask.defined() ? mask.data_ptr<int64_t>() + r0 : nullptr;
+    if (!q.is_cuda()) {
+      AT_DISPATCH_FLOATING_TYPES(ct, "info_nce_logit_grad_cpu", [&] {
+        logit_grad_chunk_cpu<scalar_t>(
+            S.data_ptr<scalar_t>(), rows, M, static_cast<scalar_t>(scale), chunk_mask,
+            g.data_ptr<scalar_t>() + r0, r.data_ptr<scalar_t>() + r0,
+            use_cols ? h.data_ptr<scalar_t>() : nullptr,
+            use_cols ? c.data_ptr<scalar_t>() : nullptr);
+      });
+    } else {
+#ifdef WITH_CUDA
+      const int64_t off = r0 * q.element_size();
+      logit_grad_chunk_cuda(ct == at::kDouble, S.data_ptr(), rows, M, scale, chunk_mask,
+                            static_cast<const char*>(g.data_ptr()) + off,
+                            static_cast<const char*>(r.data_ptr()) + off,
+                            use_cols ? h.data_ptr() : nullptr, use_cols ? c.data_ptr() : nullptr,
+                            stream);
+#endif
+    }
+    at::Tensor gq = grad_q.narrow(0, r0, rows);
+    at::mm_out(gq, S, k);
+    gq.mul_(scale);
+    if (need_grad_k) grad_k.addmm_(S.t(), q_chunk, /*beta=*/1.0, /*alpha=*/scale);
+  }
+  return {grad_q.to(q_in.scalar_type()),
+          need_grad_k ? grad_k.to(k_in.scalar_type()) : grad_k};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(jem_fast, m) {
+  m.def(
+      "info_nce_lse(Tensor q, Tensor k, float scale, Tensor? self_column, bool with_columns, "
+      "int chunk_rows) -> (Tensor row_lse, Tensor col_lse)");
+  m.def(
+      "info_nce_lse_backward(Tensor grad_row, Tensor? grad_col, Tensor q, Tensor k, "
+      "Tensor row_lse, Tensor col_lse, float scale, Tensor? self_column, bool with_columns, "
+      "bool need_grad_k, int chunk_rows) -> (Tensor grad_q, Tensor grad_k)");
+}
+
+TORCH_LIBRARY_IMPL(jem_fast, CPU, m) {
+  m.impl("info_nce_lse", &info_nce_lse);
+  m.impl("info_nce_lse_backward", &info_nce_lse_backward);
+}
+
+TORCH_LIBRARY_IMPL(jem_fast, CUDA, m) {
+  m.impl("info_nce_lse", &info_nce_lse);
+  m.impl("info_nce_lse_backward", &info_nce_lse_backward);
+}
+
+}  // namespace info_nce
+}  // namespace jem_fast

@@ -1,0 +1,93 @@
+// InfoNCE CPU kernels over one chunk of logits: masked row log-sum-exp and the in-place logit
+// gradient. Parallel over rows; the inner loops are plain and multiversioned for AVX2.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "common/cpu_multiversion.h"
+#include "losses/info_nce_kernels.h"
+
+namespace jem_fast {
+namespace info_nce {
+
+namespace {
+
+template <typename T>
+JEM_CPU_MULTIVERSION T range_max(const T* s, int64_t begin, int64_t end) {
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t j = begin; j < end; ++j) m = s[j] > m ? s[j] : m;
+  return m;
+}
+
+template <typename T>
+JEM_CPU_MULTIVERSION double range_sum_exp(const T* s, int64_t begin, int64_t end, T scale,
+                                          T shift) {
+  double total = 0.0;
+  for (int64_t j = begin; j < end; ++j) total += std::exp(scale * s[j] - shift);
+  return total;
+}
+
+int64_t masked_column(const int64_t* mask, int64_t i, int64_t M) {
+  return (mask != nullptr && mask[i] >= 0 && mask[i] < M) ? mask[i] : -1;
+}
+
+}  // namespace
+
+template <typename T>
+void row_lse_chunk_cpu(const T* S, int64_t rows, int64_t M, T scale, const int64_t* mask, T* lse) {
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const T* s = S + i * M;
+      const int64_t skip = masked_column(mask, i, M);
+      const int64_t stop = skip < 0 ? M : skip;  // [0, stop) and (skip, M)
+      // scale > 0, so the max of scale * s is scale * max(s).
+      T m = range_max(s, 0, stop);
+      if (skip >= 0) m = std::max(m, range_max(s, skip + 1, M));
+      if (m == neg_inf) {
+        lse[i] = neg_inf;
+        continue;
+      }
+      const T shift = scale * m;
+      double total = range_sum_exp(s, 0, stop, scale, shift);
+      if (skip >= 0) total += range_sum_exp(s, skip + 1, M, scale, shift);
+      lse[i] = shift + static_cast<T>(std::log(total));
+    }
+  });
+}
+
+template <typename T>
+void logit_grad_chunk_cpu(T* S, int64_t rows, int64_t M, T scale, const int64_t* mask, const T* g,
+                          const T* r, const T* h, const T* c) {
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      T* s = S + i * M;
+      // A row whose every entry is masked has r = -inf and no softmax to differentiate.
+      const T gi = std::isinf(r[i]) ? T(0) : g[i];
+      const T ri = std::isinf(r[i]) ? T(0) : r[i];
+      if (h != nullptr) {
+        for (int64_t j = 0; j < M; ++j) {
+          const T logit = scale * s[j];
+          s[j] = gi * std::exp(logit - ri) + h[j] * std::exp(logit - c[j]);
+        }
+      } else {
+        for (int64_t j = 0; j < M; ++j) s[j] = gi * std::exp(scale * s[j] - ri);
+      }
+      const int64_t skip = masked_column(mask, i, M);
+      if (skip >= 0) s[skip] = T(0);
+    }
+  });
+}
+
+#define JEM_INSTANTIATE(T)                                                                     \
+  template void row_lse_chunk_cpu<T>(const T*, int64_t, int64_t, T, const int64_t*, T*);      \
+  template void logit_grad_chunk_cpu<T>(T*, int64_t, int64_t, T, const int64_t*, const T*,    \
+                                        const T*, const T*, const T*);
+JEM_INSTANTIATE(float)
+JEM_INSTANTIATE(double)
+#undef JEM_INSTANTIATE
+
+}  // namespace info_nce
+}  // namespace jem_fast

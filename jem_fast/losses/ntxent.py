@@ -1,0 +1,70 @@
+"""NTXentLoss: drop-in for lightly.loss.NTXentLoss (SimCLR, and MoCo with a memory bank), on the
+memory-linear jem_fast::info_nce_lse op: the 2N x 2N (or N x bank) logits never exist."""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..distributed import all_gather_with_grad, is_distributed
+from ..nn.memory_bank import MemoryBank
+from ..ops.info_nce import check_pair, check_temperature, logsumexp_logits
+
+
+class NTXentLoss(torch.nn.Module):
+    """Normalized temperature-scaled cross-entropy (SimCLR), lightly's arguments and defaults.
+
+    Without a memory bank: the 2N embeddings of both views against each other (self-pairs
+    excluded), each row's positive is its other view; the mean over the 2N rows. With
+    gather_distributed, local rows against the embeddings of every rank.
+    With memory_bank_size ((num_keys, dim), or an int as older lightly): each out0 row against
+    [its out1 positive, the bank], the bank (a MemoryBank of past out1) consumed by the kernel
+    directly; the bank is updated with out1 when out0 requires grad, as in lightly.
+
+    Differences from lightly, on purpose: temperature must be finite and > 0 (lightly accepts
+    negative values); the loss is computed and returned in float32 (float64 for float64 inputs).
+    chunk_rows: query rows per logits chunk (0: 64 MiB of float32 logits per chunk).
+    """
+
+    def __init__(self, temperature: float = 0.5,
+                 memory_bank_size: Union[int, Sequence[int]] = 0,
+                 gather_distributed: bool = False, chunk_rows: int = 0):
+        super().__init__()
+        self.temperature = check_temperature(temperature)
+        if gather_distributed and not dist.is_available():
+            raise ValueError("gather_distributed=True but torch.distributed is not available")
+        self.memory_bank = MemoryBank(size=memory_bank_size, gather_distributed=gather_distributed)
+        self.gather_distributed = gather_distributed
+        self.chunk_rows = chunk_rows
+
+    def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
+        check_pair(out0, out1, "out0", "out1")
+        scale = 1.0 / self.temperature
+        out0 = F.normalize(out0, dim=1)
+        out1 = F.normalize(out1, dim=1)
+        acc = torch.float64 if out0.dtype == torch.float64 else torch.float32
+        positive = scale * (out0.to(acc) * out1.to(acc)).sum(1)
+
+        negatives = self.memory_bank.negatives(out1)
+        if negatives is not None:
+            lse_bank, _ = logsumexp_logits(out0, negatives.to(out0), scale,
+                                           chunk_rows=self.chunk_rows)
+            loss = (torch.logaddexp(lse_bank, positive) - positive).mean()
+            if out0.requires_grad:
+                self.memory_bank.enqueue(out1)
+            return loss
+
+        n = out0.shape[0]
+        if self.gather_distributed and is_distributed():
+            rank, world = dist.get_rank(), dist.get_world_size()
+            keys = torch.cat([all_gather_with_grad(out0), all_gather_with_grad(out1)])
+        else:
+            rank, world = 0, 1
+            keys = torch.cat([out0, out1])
+        own = torch.arange(n, device=out0.device) + rank * n
+        self_column = torch.cat([own, own + n * world])
+        lse, _ = logsumexp_logits(torch.cat([out0, out1]), keys, scale, self_column,
+                                  chunk_rows=self.chunk_rows)
+        return (lse - positive.repeat(2)).mean()

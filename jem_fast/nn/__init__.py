@@ -1,0 +1,4 @@
+"""Modules that are not losses: the negatives memory bank."""
+from .memory_bank import MemoryBank
+
+__all__ = ["MemoryBank"]
