@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "common/cpu_math.h"
 #include "common/cpu_multiversion.h"
 #include "losses/info_nce_kernels.h"
 
@@ -21,12 +22,32 @@ JEM_CPU_MULTIVERSION T range_max(const T* s, int64_t begin, int64_t end) {
   return m;
 }
 
+// Summed in T within blocks of 1024 (vector-friendly), folded into double.
 template <typename T>
 JEM_CPU_MULTIVERSION double range_sum_exp(const T* s, int64_t begin, int64_t end, T scale,
                                           T shift) {
   double total = 0.0;
-  for (int64_t j = begin; j < end; ++j) total += std::exp(scale * s[j] - shift);
+  for (int64_t j0 = begin; j0 < end; j0 += 1024) {
+    const int64_t j1 = std::min(end, j0 + 1024);
+    T part = 0;
+    for (int64_t j = j0; j < j1; ++j) part += exp_vectorizable(scale * s[j] - shift);
+    total += static_cast<double>(part);
+  }
   return total;
+}
+
+// s[j] <- gi exp(scale s[j] - ri) (+ h[j] exp(scale s[j] - c[j]) when h is given).
+template <typename T>
+JEM_CPU_MULTIVERSION void logit_grad_row(T* s, int64_t M, T scale, T gi, T ri, const T* h,
+                                         const T* c) {
+  if (h != nullptr) {
+    for (int64_t j = 0; j < M; ++j) {
+      const T logit = scale * s[j];
+      s[j] = gi * exp_vectorizable(logit - ri) + h[j] * exp_vectorizable(logit - c[j]);
+    }
+  } else {
+    for (int64_t j = 0; j < M; ++j) s[j] = gi * exp_vectorizable(scale * s[j] - ri);
+  }
 }
 
 int64_t masked_column(const int64_t* mask, int64_t i, int64_t M) {
@@ -67,14 +88,7 @@ void logit_grad_chunk_cpu(T* S, int64_t rows, int64_t M, T scale, const int64_t*
       // A row whose every entry is masked has r = -inf and no softmax to differentiate.
       const T gi = std::isinf(r[i]) ? T(0) : g[i];
       const T ri = std::isinf(r[i]) ? T(0) : r[i];
-      if (h != nullptr) {
-        for (int64_t j = 0; j < M; ++j) {
-          const T logit = scale * s[j];
-          s[j] = gi * std::exp(logit - ri) + h[j] * std::exp(logit - c[j]);
-        }
-      } else {
-        for (int64_t j = 0; j < M; ++j) s[j] = gi * std::exp(scale * s[j] - ri);
-      }
+      logit_grad_row(s, M, scale, gi, ri, h, c);
       const int64_t skip = masked_column(mask, i, M);
       if (skip >= 0) s[skip] = T(0);
     }
