@@ -10,7 +10,7 @@ import jem_fast
 from jem_fast.reference import barlow_twins_loss_reference, vicreg_loss_reference
 
 from conftest import make_pair
-from distributed_utils import run_gloo
+from distributed_utils import assert_equals_single_process, loss_and_grads_on_slice, run_gloo
 
 ROWS_PER_RANK = 5
 CASES = [("vicreg", "gram", 11), ("vicreg", "covariance", 3), ("barlow_twins", "gram", 17),
@@ -31,12 +31,7 @@ def _rank_step(rank, world):
     results = []
     for name, route, dim in CASES:
         z_a, z_b = make_pair(ROWS_PER_RANK * world, dim, seed=dim)
-        rows = slice(rank * ROWS_PER_RANK, (rank + 1) * ROWS_PER_RANK)
-        a = z_a.detach()[rows].clone().requires_grad_()
-        b = z_b.detach()[rows].clone().requires_grad_()
-        loss = _make_loss(name, route)(a, b)
-        loss.backward()
-        results.append({"loss": loss.detach(), "grad_a": a.grad, "grad_b": b.grad})
+        results.append(loss_and_grads_on_slice(_make_loss(name, route), z_a, z_b, rank, ROWS_PER_RANK))
     return results
 
 
@@ -46,16 +41,8 @@ def test_gather_distributed_equals_single_process(world):
     per_rank = run_gloo(_rank_step, world)
     for i, (name, route, dim) in enumerate(CASES):
         z_a, z_b = make_pair(ROWS_PER_RANK * world, dim, seed=dim)
-        ref = _reference(name)(z_a, z_b)
-        ref_a, ref_b = torch.autograd.grad(ref, (z_a, z_b))
-        losses = torch.stack([r[i]["loss"] for r in per_rank])
-        torch.testing.assert_close(losses.mean(), ref.detach(), msg=f"{name}/{route} value")
-        for rank, r in enumerate(per_rank):
-            rows = slice(rank * ROWS_PER_RANK, (rank + 1) * ROWS_PER_RANK)
-            torch.testing.assert_close(r[i]["grad_a"] / world, ref_a[rows],
-                                       msg=f"{name}/{route} rank {rank} grad z_a")
-            torch.testing.assert_close(r[i]["grad_b"] / world, ref_b[rows],
-                                       msg=f"{name}/{route} rank {rank} grad z_b")
+        assert_equals_single_process([r[i] for r in per_rank], _reference(name), z_a, z_b,
+                                     ROWS_PER_RANK, f"{name}/{route}")
 
 
 def test_gather_distributed_without_process_group_is_local():
