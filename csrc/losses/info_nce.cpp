@@ -12,8 +12,10 @@
 // processed in chunks of rows: one chunk of logits (chunk_rows x M, float32 or float64) exists at
 // a time, so the extra memory is O(chunk_rows * M + (N + M) * D), never N x M. The backward
 // recomputes each chunk once and turns it into dS in place, then dq = scale dS k and
-// dk += scale dS^T q. Computation is float32 (float64 for float64 inputs); half inputs are
-// upcast once (O((N + M) D)).
+// dk += scale dS^T q. Logits, LSEs and gradients are float32 (float64 for float64 inputs). On
+// CUDA, float16/bfloat16 operands stay in their dtype: the matmuls run on tensor cores with
+// float32 accumulation and output (dS is scaled into range before its cast). On CPU half inputs
+// are upcast once (O((N + M) D)).
 #include <torch/library.h>
 
 #include <cmath>
@@ -27,9 +29,10 @@ namespace info_nce {
 namespace {
 
 constexpr const char* kOp = "info_nce_lse";
-// Default logits budget per chunk: 64 MiB, the bound on the op's extra memory besides the
-// O((N + M) D) copies and gradients.
-constexpr int64_t kChunkBytes = int64_t(64) << 20;
+// Default logits budget per chunk, the bound on the op's extra memory besides the O((N + M) D)
+// copies and gradients: 64 MiB on CPU; 32 MiB on CUDA, to keep a chunk near L2 size (untuned).
+constexpr int64_t kChunkBytesCpu = int64_t(64) << 20;
+constexpr int64_t kChunkBytesCuda = int64_t(32) << 20;
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, double scale,
                   const std::optional<at::Tensor>& self_column, bool with_columns) {
@@ -59,39 +62,53 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, double scale,
   }
 }
 
-int64_t rows_per_chunk(int64_t chunk_rows, int64_t M, int64_t itemsize) {
+int64_t rows_per_chunk(int64_t chunk_rows, int64_t M, int64_t itemsize, bool is_cuda) {
   if (chunk_rows > 0) return chunk_rows;
-  return std::max<int64_t>(1, kChunkBytes / std::max<int64_t>(1, M * itemsize));
+  const int64_t budget = is_cuda ? kChunkBytesCuda : kChunkBytesCpu;
+  return std::max<int64_t>(1, budget / std::max<int64_t>(1, M * itemsize));
 }
 
-at::ScalarType compute_type(const at::Tensor& q) {
+// Logits, LSEs and gradients: float64 for float64 inputs, float32 otherwise.
+at::ScalarType logit_type(const at::Tensor& q) {
   return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The matmul operands: the input dtype on CUDA (tensor cores), float32/float64 on CPU.
+at::Tensor as_operand(const at::Tensor& x) {
+  return (x.is_cuda() ? x : x.to(logit_type(x))).contiguous();
+}
+
+// One chunk of logits a_chunk b^T in the logit dtype.
+at::Tensor logits_chunk(const at::Tensor& a_chunk, const at::Tensor& bt) {
+  at::Tensor S = at::empty({a_chunk.size(0), bt.size(1)}, a_chunk.options().dtype(logit_type(a_chunk)));
+  mm_acc_out(S, a_chunk, bt);
+  return S;
 }
 
 // lse[i] over rows of a against all rows of b, chunked.
 at::Tensor chunked_row_lse(const at::Tensor& a, const at::Tensor& b, double scale,
                            const int64_t* mask, int64_t chunk_rows) {
   const int64_t N = a.size(0), M = b.size(0);
-  at::Tensor lse = at::empty({N}, a.options());
-  const int64_t step = rows_per_chunk(chunk_rows, M, a.element_size());
+  const auto lt = logit_type(a);
+  at::Tensor lse = at::empty({N}, a.options().dtype(lt));
+  const int64_t step = rows_per_chunk(chunk_rows, M, at::elementSize(lt), a.is_cuda());
   const at::Tensor bt = b.t();
 #ifdef WITH_CUDA
   cudaStream_t stream = a.is_cuda() ? at::cuda::getCurrentCUDAStream().stream() : nullptr;
 #endif
   for (int64_t r0 = 0; r0 < N; r0 += step) {
     const int64_t rows = std::min(step, N - r0);
-    const at::Tensor S = at::mm(a.narrow(0, r0, rows), bt);
+    const at::Tensor S = logits_chunk(a.narrow(0, r0, rows), bt);
     const int64_t* chunk_mask = mask ? mask + r0 : nullptr;
     if (!a.is_cuda()) {
-      AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "info_nce_row_lse_cpu", [&] {
+      AT_DISPATCH_FLOATING_TYPES(lt, "info_nce_row_lse_cpu", [&] {
         row_lse_chunk_cpu<scalar_t>(S.data_ptr<scalar_t>(), rows, M, static_cast<scalar_t>(scale),
                                     chunk_mask, lse.data_ptr<scalar_t>() + r0);
       });
     } else {
 #ifdef WITH_CUDA
-      row_lse_chunk_cuda(a.scalar_type() == at::kDouble, S.data_ptr(), rows, M, scale,
-                         chunk_mask, static_cast<char*>(lse.data_ptr()) + r0 * a.element_size(),
-                         stream);
+      row_lse_chunk_cuda(lt == at::kDouble, S.data_ptr(), rows, M, scale, chunk_mask,
+                         static_cast<char*>(lse.data_ptr()) + r0 * at::elementSize(lt), stream);
 #endif
     }
   }
@@ -109,15 +126,14 @@ std::tuple<at::Tensor, at::Tensor> info_nce_lse(const at::Tensor& q_in, const at
 #else
   TORCH_CHECK(!q_in.is_cuda(), kOp, ": got CUDA tensors. ", kRebuildHint);
 #endif
-  const auto ct = compute_type(q_in);
-  const at::Tensor q = q_in.to(ct).contiguous();
-  const at::Tensor k = k_in.to(ct).contiguous();
+  const at::Tensor q = as_operand(q_in);
+  const at::Tensor k = as_operand(k_in);
   const at::Tensor mask = self_column.has_value() ? self_column->contiguous() : at::Tensor();
   at::Tensor row_lse = chunked_row_lse(q, k, scale, mask.defined() ? mask.data_ptr<int64_t>() : nullptr,
                                        chunk_rows);
   // Column LSEs are the row LSEs of the transposed problem: one more pass of matmuls.
   at::Tensor col_lse = with_columns ? chunked_row_lse(k, q, scale, nullptr, chunk_rows)
-                                    : at::empty({0}, q.options());
+                                    : at::empty({0}, q.options().dtype(logit_type(q)));
   return {row_lse, col_lse};
 }
 
@@ -133,9 +149,9 @@ std::tuple<at::Tensor, at::Tensor> info_nce_lse_backward(
 #else
   TORCH_CHECK(!q_in.is_cuda(), kOp, ": got CUDA tensors. ", kRebuildHint);
 #endif
-  const auto ct = compute_type(q_in);
-  const at::Tensor q = q_in.to(ct).contiguous();
-  const at::Tensor k = k_in.to(ct).contiguous();
+  const auto ct = logit_type(q_in);
+  const at::Tensor q = as_operand(q_in);
+  const at::Tensor k = as_operand(k_in);
   const at::Tensor g = grad_row_in.to(ct).contiguous();
   const bool use_cols = with_columns && grad_col_in.has_value() && grad_col_in->defined();
   const at::Tensor h = use_cols ? grad_col_in->to(ct).contiguous() : at::Tensor();
@@ -143,14 +159,15 @@ std::tuple<at::Tensor, at::Tensor> info_nce_lse_backward(
   const at::Tensor c = use_cols ? col_lse.to(ct).contiguous() : at::Tensor();
   const at::Tensor mask = self_column.has_value() ? self_column->contiguous() : at::Tensor();
   const int64_t N = q.size(0), M = k.size(0), D = q.size(1);
-  at::Tensor grad_q = at::empty({N, D}, q.options());
-  at::Tensor grad_k = need_grad_k ? at::zeros({M, D}, q.options()) : at::empty({0}, q.options());
-  const int64_t step = rows_per_chunk(chunk_rows, M, q.element_size());
+  const auto acc_opts = q.options().dtype(ct);
+  at::Tensor grad_q = at::empty({N, D}, acc_opts);
+  at::Tensor grad_k = need_grad_k ? at::zeros({M, D}, acc_opts) : at::empty({0}, acc_opts);
+  const int64_t step = rows_per_chunk(chunk_rows, M, at::elementSize(ct), q.is_cuda());
   const at::Tensor kt = k.t();
   for (int64_t r0 = 0; r0 < N; r0 += step) {
     const int64_t rows = std::min(step, N - r0);
     const at::Tensor q_chunk = q.narrow(0, r0, rows);
-    at::Tensor S = at::mm(q_chunk, kt);
+    at::Tensor S = logits_chunk(q_chunk, kt);
     const int64_t* chunk_mask = mask.defined() ? mask.data_ptr<int64_t>() + r0 : nullptr;
     if (!q.is_cuda()) {
       AT_DISPATCH_FLOATING_TYPES(ct, "info_nce_logit_grad_cpu", [&] {
@@ -162,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor> info_nce_lse_backward(
       });
     } else {
 #ifdef WITH_CUDA
-      const int64_t off = r0 * q.element_size();
+      const int64_t off = r0 * at::elementSize(ct);  // g and r are in the logit dtype
       logit_grad_chunk_cuda(ct == at::kDouble, S.data_ptr(), rows, M, scale, chunk_mask,
                             static_cast<const char*>(g.data_ptr()) + off,
                             static_cast<const char*>(r.data_ptr()) + off,
@@ -171,9 +188,14 @@ std::tuple<at::Tensor, at::Tensor> info_nce_lse_backward(
 #endif
     }
     at::Tensor gq = grad_q.narrow(0, r0, rows);
-    at::mm_out(gq, S, k);
-    gq.mul_(scale);
-    if (need_grad_k) grad_k.addmm_(S.t(), q_chunk, /*beta=*/1.0, /*alpha=*/scale);
+    if (q.scalar_type() == ct) {
+      at::mm_out(gq, S, k);
+      gq.mul_(scale);
+      if (need_grad_k) grad_k.addmm_(S.t(), q_chunk, /*beta=*/1.0, /*alpha=*/scale);
+    } else {  // half operands: dS is scaled into range, cast, multiplied with fp32 output
+      gq.copy_(mm_matrix_times(S, k, /*m_on_right=*/false)).mul_(scale);
+      if (need_grad_k) grad_k.add_(mm_matrix_times(S.t(), q_chunk, /*m_on_right=*/false), scale);
+    }
   }
   return {grad_q.to(q_in.scalar_type()),
           need_grad_k ? grad_k.to(k_in.scalar_type()) : grad_k};
