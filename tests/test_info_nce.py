@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import jem_fast
 from jem_fast.nn import MemoryBank
-from jem_fast.ops import logsumexp_logits
+from jem_fast.ops import logsumexp_logits, logsumexp_self_logits
 from jem_fast.reference import info_nce_loss_reference, ntxent_loss_reference
 
 from conftest import DEVICES, make_pair, value_and_grads
@@ -71,6 +71,29 @@ def test_lse_op_gradcheck_and_opcheck():
     assert torch.autograd.gradcheck(lambda a, b: logsumexp_logits(a, b, 3.0, mask)[0], (q, k))
     torch.library.opcheck(torch.ops.jem_fast.info_nce_lse, (q, k, 0.8, None, True, 2))
     torch.library.opcheck(torch.ops.jem_fast.info_nce_lse, (q.float(), k.float(), 2.0, mask, False, 0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("tile_rows", [0, 1, 2, 5])
+@pytest.mark.parametrize("n,d", [(2, 1), (7, 3), (16, 5), (33, 8)])
+def test_self_lse_op_matches_materialized(n, d, tile_rows, device):
+    g = torch.Generator().manual_seed(n + d)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    w = torch.randn(n, dtype=torch.float64, device=device)
+    lse = logsumexp_self_logits(z, 2.5, tile_rows)
+    ref, _ = _lse_reference(z, z, 2.5, torch.arange(n, device=device))
+    torch.testing.assert_close(lse, ref)
+    torch.testing.assert_close(torch.autograd.grad((lse * w).sum(), z)[0],
+                               torch.autograd.grad((ref * w).sum(), z)[0])
+
+
+def test_self_lse_op_gradcheck_and_opcheck():
+    z = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: logsumexp_self_logits(x, 1.3, 3), (z,))
+    torch.library.opcheck(torch.ops.jem_fast.info_nce_self_lse, (z, 1.3, 3))
+    torch.library.opcheck(torch.ops.jem_fast.info_nce_self_lse, (z.float(), 0.7, 0))
+    with pytest.raises(RuntimeError, match="scale"):
+        logsumexp_self_logits(z, 0.0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

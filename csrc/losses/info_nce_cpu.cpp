@@ -80,6 +80,34 @@ void row_lse_chunk_cpu(const T* S, int64_t rows, int64_t M, T scale, const int64
 }
 
 template <typename T>
+void col_lse_chunk_cpu(const T* S, int64_t rows, int64_t M, T scale, T* lse) {
+  constexpr int64_t kCols = 64;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  at::parallel_for(0, (M + kCols - 1) / kCols, 1, [&](int64_t begin, int64_t end) {
+    T mx[kCols];
+    double sum[kCols];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t c0 = blk * kCols, width = std::min(kCols, M - c0);
+      for (int64_t j = 0; j < width; ++j) {
+        mx[j] = neg_inf;
+        sum[j] = 0.0;
+      }
+      for (int64_t i = 0; i < rows; ++i) {
+        const T* s = S + i * M + c0;
+        for (int64_t j = 0; j < width; ++j) mx[j] = s[j] > mx[j] ? s[j] : mx[j];
+      }
+      for (int64_t i = 0; i < rows; ++i) {
+        const T* s = S + i * M + c0;
+        for (int64_t j = 0; j < width; ++j) sum[j] += exp_vectorizable(scale * (s[j] - mx[j]));
+      }
+      for (int64_t j = 0; j < width; ++j) {
+        lse[c0 + j] = mx[j] == neg_inf ? neg_inf : scale * mx[j] + static_cast<T>(std::log(sum[j]));
+      }
+    }
+  });
+}
+
+template <typename T>
 void logit_grad_chunk_cpu(T* S, int64_t rows, int64_t M, T scale, const int64_t* mask, const T* g,
                           const T* r, const T* h, const T* c) {
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
@@ -97,6 +125,7 @@ void logit_grad_chunk_cpu(T* S, int64_t rows, int64_t M, T scale, const int64_t*
 
 #define JEM_INSTANTIATE(T)                                                                     \
   template void row_lse_chunk_cpu<T>(const T*, int64_t, int64_t, T, const int64_t*, T*);      \
+  template void col_lse_chunk_cpu<T>(const T*, int64_t, int64_t, T, T*);                       \
   template void logit_grad_chunk_cpu<T>(T*, int64_t, int64_t, T, const int64_t*, const T*,    \
                                         const T*, const T*, const T*);
 JEM_INSTANTIATE(float)

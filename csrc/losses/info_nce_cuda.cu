@@ -62,6 +62,23 @@ __global__ void row_lse_kernel(const T* __restrict__ S, int64_t M, T scale,
   if (threadIdx.x == 0) lse[i] = shift + static_cast<T>(log(total));
 }
 
+// One thread per column; consecutive threads read consecutive columns of a row (coalesced).
+template <typename T>
+__global__ void col_lse_kernel(const T* __restrict__ S, int64_t rows, int64_t M, T scale,
+                               T* __restrict__ lse) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= M) return;
+  T m = T(-INFINITY);
+  for (int64_t i = 0; i < rows; ++i) m = fmax(m, S[i * M + j]);
+  if (isinf(m) && m < 0) {
+    lse[j] = m;
+    return;
+  }
+  double total = 0.0;
+  for (int64_t i = 0; i < rows; ++i) total += static_cast<double>(exp(scale * (S[i * M + j] - m)));
+  lse[j] = scale * m + static_cast<T>(log(total));
+}
+
 template <typename T>
 __global__ void logit_grad_kernel(T* __restrict__ S, int64_t rows, int64_t M, T scale,
                                   const int64_t* __restrict__ mask, const T* __restrict__ g,
@@ -95,6 +112,17 @@ void row_lse_chunk_cuda(bool is_double, const void* S, int64_t rows, int64_t M, 
         static_cast<const T*>(S), M, static_cast<T>(scale), mask, static_cast<T*>(lse));
   });
   cuda::check_launch("info_nce row_lse");
+}
+
+void col_lse_chunk_cuda(bool is_double, const void* S, int64_t rows, int64_t M, double scale,
+                        void* lse, cudaStream_t stream) {
+  if (M == 0) return;
+  cuda::dispatch_acc(is_double, [&](auto tag) {
+    using T = decltype(tag);
+    col_lse_kernel<T><<<static_cast<unsigned>(ceil_div(M, kThreads)), kThreads, 0, stream>>>(
+        static_cast<const T*>(S), rows, M, static_cast<T>(scale), static_cast<T*>(lse));
+  });
+  cuda::check_launch("info_nce col_lse");
 }
 
 void logit_grad_chunk_cuda(bool is_double, void* S, int64_t rows, int64_t M, double scale,

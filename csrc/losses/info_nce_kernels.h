@@ -24,6 +24,10 @@ void row_lse_chunk_cpu(const T* S, int64_t rows, int64_t M, T scale, const int64
 
 // In place: S[i, j] <- g[i] exp(scale S[i, j] - r[i]) + h[j] exp(scale S[i, j] - c[j]), 0 where
 // masked. h/c may be null (rows only). g, r are per row of the chunk; h, c per column.
+// lse[j] = log sum_i exp(scale * S[i, j]) over the rows of one chunk (no mask).
+template <typename T>
+void col_lse_chunk_cpu(const T* S, int64_t rows, int64_t M, T scale, T* lse);
+
 template <typename T>
 void logit_grad_chunk_cpu(T* S, int64_t rows, int64_t M, T scale, const int64_t* mask, const T* g,
                           const T* r, const T* h, const T* c);
@@ -32,6 +36,8 @@ void logit_grad_chunk_cpu(T* S, int64_t rows, int64_t M, T scale, const int64_t*
 // is_double selects float64 for S and the vectors, float32 otherwise.
 void row_lse_chunk_cuda(bool is_double, const void* S, int64_t rows, int64_t M, double scale,
                         const int64_t* mask, void* lse, cudaStream_t stream);
+void col_lse_chunk_cuda(bool is_double, const void* S, int64_t rows, int64_t M, double scale,
+                        void* lse, cudaStream_t stream);
 void logit_grad_chunk_cuda(bool is_double, void* S, int64_t rows, int64_t M, double scale,
                            const int64_t* mask, const void* g, const void* r, const void* h,
                            const void* c, cudaStream_t stream);

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from ..distributed import all_gather_with_grad, is_distributed
 from ..nn.memory_bank import MemoryBank
-from ..ops.info_nce import check_pair, check_temperature, logsumexp_logits
+from ..ops.info_nce import (check_pair, check_temperature, logsumexp_logits,
+                             logsumexp_self_logits)
 
 
 class NTXentLoss(torch.nn.Module):
@@ -25,7 +26,9 @@ class NTXentLoss(torch.nn.Module):
 
     Differences from lightly, on purpose: temperature must be finite and > 0 (lightly accepts
     negative values); the loss is computed and returned in float32 (float64 for float64 inputs).
-    chunk_rows: query rows per logits chunk (0: 64 MiB of float32 logits per chunk).
+    chunk_rows: query rows per logits chunk (distributed / memory bank; 0: 64 MiB of float32
+    logits, 32 MiB on CUDA), or the side of the square tiles of the symmetric single-process
+    path (0: 512 on CPU, 2048 on CUDA).
     """
 
     def __init__(self, temperature: float = 0.5,
@@ -57,12 +60,12 @@ class NTXentLoss(torch.nn.Module):
             return loss
 
         n = out0.shape[0]
-        if self.gather_distributed and is_distributed():
-            rank, world = dist.get_rank(), dist.get_world_size()
-            keys = torch.cat([all_gather_with_grad(out0), all_gather_with_grad(out1)])
-        else:
-            rank, world = 0, 1
-            keys = torch.cat([out0, out1])
+        if not (self.gather_distributed and is_distributed()):
+            # Keys are the queries: the symmetric op forms only half of the logit tiles.
+            lse = logsumexp_self_logits(torch.cat([out0, out1]), scale, self.chunk_rows)
+            return (lse - positive.repeat(2)).mean()
+        rank, world = dist.get_rank(), dist.get_world_size()
+        keys = torch.cat([all_gather_with_grad(out0), all_gather_with_grad(out1)])
         own = torch.arange(n, device=out0.device) + rank * n
         self_column = torch.cat([own, own + n * world])
         lse, _ = logsumexp_logits(torch.cat([out0, out1]), keys, scale, self_column,

@@ -71,6 +71,39 @@ def logsumexp_logits(q: torch.Tensor, k: torch.Tensor, scale: float,
                                            int(chunk_rows))
 
 
+@torch.library.register_fake("jem_fast::info_nce_self_lse")
+def _info_nce_self_lse_fake(z, scale, tile_rows):
+    return z.new_empty((z.shape[0],), dtype=_compute_dtype(z.dtype))
+
+
+@torch.library.register_fake("jem_fast::info_nce_self_lse_backward")
+def _info_nce_self_lse_backward_fake(grad, z, lse, scale, tile_rows):
+    return torch.empty_like(z)
+
+
+def _setup_self_context(ctx, inputs, output):
+    z, scale, tile_rows = inputs
+    ctx.save_for_backward(z, output)
+    ctx.scale, ctx.tile_rows = scale, tile_rows
+
+
+def _self_backward(ctx, grad):
+    z, lse = ctx.saved_tensors
+    grad_z = torch.ops.jem_fast.info_nce_self_lse_backward(grad, z, lse, ctx.scale, ctx.tile_rows)
+    return grad_z, None, None
+
+
+torch.library.register_autograd("jem_fast::info_nce_self_lse", _self_backward,
+                                setup_context=_setup_self_context)
+
+
+def logsumexp_self_logits(z: torch.Tensor, scale: float, tile_rows: int = 0) -> torch.Tensor:
+    """lse[i] = log sum_{j != i} exp(scale * z_i . z_j) (SimCLR's rows), using the symmetry of
+    z z^T: only tiles on and above the diagonal are formed, forward and backward. tile_rows: side
+    of the square logits tiles (0: 512 on CPU, 2048 on CUDA)."""
+    return torch.ops.jem_fast.info_nce_self_lse(z, float(scale), int(tile_rows))
+
+
 def check_temperature(temperature) -> float:
     t = float(temperature)
     if not (t > 0.0 and t < float("inf")):
