@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <optional>
 #include <string>
 
 #include "common/kernel_dtype.h"
@@ -20,6 +21,24 @@ constexpr const char* kRebuildHint =
     "jem_fast was built without CUDA kernels. Rebuild it with a CUDA build of torch and nvcc "
     "available, e.g. `FORCE_CUDA=1 pip install --no-build-isolation .` "
     "(jem_fast.build_info() shows what was compiled).";
+
+// Holds the device guard of a CUDA input for the op's scope; in a CPU-only build, rejects CUDA
+// inputs with a message that says how to rebuild.
+class DeviceScope {
+ public:
+  DeviceScope(const at::Tensor& t, const char* op) {
+#ifdef WITH_CUDA
+    if (t.is_cuda()) guard_.emplace(t.device());
+#else
+    TORCH_CHECK(!t.is_cuda(), op, ": got CUDA tensors. ", kRebuildHint);
+#endif
+  }
+
+ private:
+#ifdef WITH_CUDA
+  std::optional<c10::cuda::CUDAGuard> guard_;
+#endif
+};
 
 // Checks shared by every loss taking two (N, D) embedding batches.
 // `min_rows` is the smallest batch for which the loss is defined (2 when a variance is needed).

@@ -122,12 +122,7 @@ std::tuple<at::Tensor, at::Tensor> info_nce_lse(const at::Tensor& q_in, const at
                                                  const std::optional<at::Tensor>& self_column,
                                                  bool with_columns, int64_t chunk_rows) {
   check_inputs(q_in, k_in, scale, self_column, with_columns);
-#ifdef WITH_CUDA
-  std::optional<c10::cuda::CUDAGuard> guard;
-  if (q_in.is_cuda()) guard.emplace(q_in.device());
-#else
-  TORCH_CHECK(!q_in.is_cuda(), kOp, ": got CUDA tensors. ", kRebuildHint);
-#endif
+  const DeviceScope scope(q_in, kOp);
   const at::Tensor q = as_operand(q_in);
   const at::Tensor k = as_operand(k_in);
   const at::Tensor mask = self_column.has_value() ? self_column->contiguous() : at::Tensor();
@@ -144,12 +139,9 @@ std::tuple<at::Tensor, at::Tensor> info_nce_lse_backward(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& row_lse,
     const at::Tensor& col_lse, double scale, const std::optional<at::Tensor>& self_column,
     bool with_columns, bool need_grad_k, int64_t chunk_rows) {
+  const DeviceScope scope(q_in, kOp);
 #ifdef WITH_CUDA
-  std::optional<c10::cuda::CUDAGuard> guard;
-  if (q_in.is_cuda()) guard.emplace(q_in.device());
   cudaStream_t stream = q_in.is_cuda() ? at::cuda::getCurrentCUDAStream().stream() : nullptr;
-#else
-  TORCH_CHECK(!q_in.is_cuda(), kOp, ": got CUDA tensors. ", kRebuildHint);
 #endif
   const auto ct = logit_type(q_in);
   const at::Tensor q = as_operand(q_in);
@@ -290,12 +282,7 @@ void check_self_inputs(const at::Tensor& z, double scale) {
 
 at::Tensor info_nce_self_lse(const at::Tensor& z_in, double scale, int64_t tile_rows) {
   check_self_inputs(z_in, scale);
-#ifdef WITH_CUDA
-  std::optional<c10::cuda::CUDAGuard> guard;
-  if (z_in.is_cuda()) guard.emplace(z_in.device());
-#else
-  TORCH_CHECK(!z_in.is_cuda(), kOp, ": got CUDA tensors. ", kRebuildHint);
-#endif
+  const DeviceScope scope(z_in, "info_nce_self_lse");
   const at::Tensor z = as_operand(z_in);
   const auto lt = logit_type(z);
   const int64_t N = z.size(0);
@@ -325,12 +312,7 @@ at::Tensor info_nce_self_lse(const at::Tensor& z_in, double scale, int64_t tile_
 
 at::Tensor info_nce_self_lse_backward(const at::Tensor& grad_in, const at::Tensor& z_in,
                                       const at::Tensor& lse_in, double scale, int64_t tile_rows) {
-#ifdef WITH_CUDA
-  std::optional<c10::cuda::CUDAGuard> guard;
-  if (z_in.is_cuda()) guard.emplace(z_in.device());
-#else
-  TORCH_CHECK(!z_in.is_cuda(), kOp, ": got CUDA tensors. ", kRebuildHint);
-#endif
+  const DeviceScope scope(z_in, "info_nce_self_lse");
   const at::Tensor z = as_operand(z_in);
   const auto lt = logit_type(z);
   const at::Tensor g = grad_in.to(lt).contiguous();
