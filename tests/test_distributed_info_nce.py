@@ -3,6 +3,7 @@ from every rank; the mean over ranks of the loss equals the single-process loss 
 concatenated batch, and each rank's gradient / world size (DDP's averaging) equals the
 single-process gradient of its slice."""
 import pytest
+import torch
 
 import jem_fast
 from jem_fast.reference import info_nce_loss_reference, ntxent_loss_reference
@@ -38,3 +39,20 @@ def test_gather_distributed_equals_single_process(world):
     for i, (name, kwargs, reference) in enumerate(CASES):
         assert_equals_single_process([r[i] for r in per_rank], reference, z_a, z_b,
                                      ROWS_PER_RANK, f"{name} {kwargs}")
+
+
+def _enqueue_step(rank, world):
+    from jem_fast.nn import MemoryBank
+    bank = MemoryBank(size=(10, 3), gather_distributed=True)
+    keys = torch.full((2, 3), float(rank))
+    bank.enqueue(keys)
+    return {"bank": bank.bank.clone(), "ptr": int(bank.bank_ptr)}
+
+
+@pytest.mark.distributed
+def test_memory_bank_enqueues_keys_of_every_rank():
+    per_rank = run_gloo(_enqueue_step, 3)
+    expected = torch.arange(3.0).repeat_interleave(2)[:, None].expand(6, 3)
+    for r in per_rank:
+        torch.testing.assert_close(r["bank"][:6], expected)
+        assert r["ptr"] == 6
