@@ -98,12 +98,19 @@ def make_extension():
     debug = _flag("DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx_flags = opt + ["-fvisibility=hidden"]  # the C++ standard is the one torch asks for
+    link_flags = []
+    if sys.platform.startswith("linux"):
+        # Without OpenMP, ATen's at::parallel_for in our CPU kernels runs on one thread; with it
+        # they share torch's OpenMP pool (libgomp, the runtime torch itself uses on Linux).
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     define_macros = [("TORCH_EXTENSION_NAME", "_C")]
     sources = _read_sources("cpu")
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not with_cuda:
         return CppExtension("jem_fast._C", sources, include_dirs=include_dirs,
-                            define_macros=define_macros, extra_compile_args={"cxx": cxx_flags})
+                            define_macros=define_macros, extra_compile_args={"cxx": cxx_flags},
+                            extra_link_args=link_flags)
 
     # torch.utils.cpp_extension reads CUDA_HOME at import time; make sure nvcc and cudart agree.
     import torch.utils.cpp_extension as cpp_ext
@@ -120,7 +127,8 @@ def make_extension():
     sources += _read_sources("cuda")
     return CUDAExtension("jem_fast._C", sources, include_dirs=include_dirs,
                          define_macros=define_macros,
-                         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags})
+                         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+                         extra_link_args=link_flags)
 
 
 setup(
