@@ -10,13 +10,7 @@ Prints a table and writes covariance_<device>_<date>.json and .csv into --out
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import gc
-import json
-import os
 import sys
-import time
 
 import torch  # before jem_fast: its extension links against libtorch
 
@@ -25,9 +19,13 @@ from jem_fast.ops.barlow_twins import barlow_twins_gram_if
 from jem_fast.ops.vicreg import resolve_route
 from jem_fast.reference import barlow_twins_loss_reference, vicreg_loss_reference
 
-from .common import (cpu_busy_fraction, cpu_times, cuda_peak_extra_mb, format_table,
-                     machine_info, other_cpu_fraction, peak_rss_delta_mb, rss_probe, summarize,
-                     time_cpu, time_cuda, write_results)
+from .common import (CONTENDED_FRACTION, DTYPES, MEMORY_METHODOLOGY,
+                     QUICK_COMPILE_MAX_EAGER_S, TIMING, TIMING_COLUMNS, benchmark_dtypes,
+                     benchmark_mode, benchmark_parser, dtype_name, find_ok_row,
+                     format_table, log, measure_row, quick_compile_skip, rss_probe,
+                     run_benchmark_main, targets_result, timing_cells)
+
+MODULE = "benchmarks.bench_covariance"
 
 # ---------------------------------------------------------------------------------------------
 # What is run
@@ -44,18 +42,6 @@ SHAPES = {
 LOSSES = ("vicreg", "barlow_twins")
 IMPLS = ("jem_fast", "eager", "compile")
 
-# Repeats per measurement: `repeats` at most, `min_repeats` at least, and stop adding repeats
-# once the timed calls of one measurement used `budget_s` seconds.
-TIMING = {
-    ("cpu", "quick"): dict(warmup=1, repeats=15, min_repeats=3, budget_s=2.0),
-    ("cpu", "full"): dict(warmup=1, repeats=50, min_repeats=3, budget_s=10.0),
-    ("cuda", "quick"): dict(warmup=5, repeats=50, min_repeats=10, budget_s=2.0),
-    ("cuda", "full"): dict(warmup=10, repeats=200, min_repeats=20, budget_s=10.0),
-}
-# In --quick on CPU, torch.compile(reference) is only run where the eager reference's
-# forward+backward takes at most this long, to keep --quick under ~3 minutes on 2 cores.
-QUICK_COMPILE_MAX_EAGER_S = 3.0
-
 # The reference materializes D x D matrices; it is skipped (with a note) when this estimate of
 # its extra memory exceeds the limit: CPU 4 GB, CUDA half of the GPU's memory. The factor is
 # the peak number of live D x D matrices, calibrated with the memory probe at N=256, D=8192,
@@ -69,10 +55,6 @@ TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6, torch.bfloat16: 1e-2,
              torch.float16: 1e-2}
 
 HBM_CEILING_BYTES_PER_S = 4.3e12  # measured H200 HBM3e read bandwidth
-
-# A timing is flagged CONTENDED when other processes used more than this fraction of all CPUs
-# while it ran (from /proc/stat; on a 2-core machine one busy neighbour is 0.5).
-CONTENDED_FRACTION = 0.1
 
 METHODOLOGY = {
     "timing": "wall clock of whole calls: time.perf_counter on CPU, CUDA events (host waits "
@@ -96,13 +78,7 @@ METHODOLOGY = {
                              "on Linux a fork+exec child's ru_maxrss starts at its parent's "
                              "peak. Includes the two gradient tensors (2 N D itemsize) and "
                              "whatever the allocator keeps resident",
-    "peak_extra_memory_cpu_compile": "compile needs its first call at the full shape, so the "
-                                     "probe compiles and runs once, resets the peak RSS, and "
-                                     "measures the second call (memory the allocator kept from "
-                                     "the first call can make this an underestimate)",
-    "peak_extra_memory_cuda": "torch.cuda.max_memory_allocated() - memory_allocated() before "
-                              "one forward+backward (after reset_peak_memory_stats)",
-    "memory_unit": "MB in this benchmark = MiB = 2**20 bytes",
+    **MEMORY_METHODOLOGY,
     "compile": "torch.compile(reference, dynamic=False) after torch._dynamo.reset(), per loss "
                "and shape; compile_s = the first (compiling) forward+backward call, shorter "
                "when inductor's on-disk cache already holds the graph; in --quick on CPU, "
@@ -117,8 +93,6 @@ METHODOLOGY = {
               "check_finite=True); reference = jem_fast.reference.*_loss_reference with the "
               "same weights",
 }
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def vicreg_reference(z_a, z_b):
@@ -197,53 +171,18 @@ def check_against_reference(loss, z_a, z_b):
 
 def measure(loss, impl, n, d, dtype, args, timing):
     """Times one implementation on one shape and measures its peak extra memory."""
-    row = {"loss": loss, "n": n, "d": d, "dtype": str(dtype).replace("torch.", ""),
+    row = {"loss": loss, "n": n, "d": d, "dtype": dtype_name(dtype),
            "impl": impl, "status": "ok", "note": ""}
-    device = args.device
-    z_a, z_b = make_inputs(n, d, dtype, device)
-    timer = time_cuda if device == "cuda" else time_cpu
-    fn = make_impl(loss, impl)
-    if impl == "compile":
-        t0 = time.perf_counter()
-        try:
-            fwd_bwd(fn, z_a, z_b)  # compiles forward and backward graphs
-            if device == "cuda":
-                torch.cuda.synchronize()
-        except Exception as exc:  # noqa: BLE001 - any compile failure is a result, "n/a"
-            row.update(status="n/a", note=f"compile failed: {type(exc).__name__}: "
-                                          f"{str(exc).splitlines()[0][:120]}")
-            return row
-        row["compile_s"] = round(time.perf_counter() - t0, 2)
-    before = cpu_times()
-    try:
-        row["fwd_bwd"] = summarize(timer(lambda: fwd_bwd(fn, z_a, z_b), **timing))
-        row["fwd"] = summarize(timer(lambda: fn(z_a, z_b), **timing))
-        row["other_cpu_fraction"] = other_cpu_fraction(before, cpu_times())
-        if (row["other_cpu_fraction"] or 0.0) > CONTENDED_FRACTION:
-            row["note"] = (f"CONTENDED: other processes used {100 * row['other_cpu_fraction']:.0f}"
-                           "% of the CPUs while timing")
-        if device == "cuda":
-            row["peak_extra_mb"] = round(cuda_peak_extra_mb(lambda: fwd_bwd(fn, z_a, z_b)), 2)
-    except (RuntimeError, MemoryError) as exc:  # e.g. out of memory: a result for the baselines
-        if impl == "jem_fast":
-            raise
-        row.update(status="n/a", note=f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}",
-                   peak_extra_mb="n/a")
-        row.pop("fwd_bwd", None)
-        return row
-    if device == "cpu":
-        del fn, z_a, z_b
-        gc.collect()
-        spec = {"loss": loss, "impl": impl, "n": n, "d": d, "dtype": row["dtype"],
-                "threads": args.threads}
-        probe = peak_rss_delta_mb("benchmarks.bench_covariance", spec)
-        row["memory_probe"] = probe
-        if "error" in probe:
-            row["peak_extra_mb"] = "n/a"
-            row["note"] = (row["note"] + " " + probe["error"]).strip()
-        else:
-            row["peak_extra_mb"] = probe["delta_mb"]
-    return row
+
+    def build():
+        z_a, z_b = make_inputs(n, d, dtype, args.device)
+        fn = make_impl(loss, impl)
+        return (lambda: fwd_bwd(fn, z_a, z_b)), (lambda: fn(z_a, z_b))
+
+    spec = {"loss": loss, "impl": impl, "n": n, "d": d, "dtype": row["dtype"],
+            "threads": args.threads}
+    return measure_row(row, build, device=args.device, timing=timing, probe_module=MODULE,
+                       probe_spec=spec)
 
 
 def memory_probe(spec: dict) -> dict:
@@ -268,12 +207,10 @@ def memory_probe(spec: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def run(args):
-    mode = "full" if args.full else "quick"
+    mode = benchmark_mode(args)
     timing = TIMING[(args.device, mode)]
-    dtypes = [DTYPES[args.dtype]] if args.dtype else (
-        [torch.bfloat16, torch.float32] if args.device == "cuda" else [torch.float32])
     rows, checks = [], []
-    for dtype in dtypes:
+    for dtype in benchmark_dtypes(args):
         for loss in LOSSES:
             for n, d in SHAPES[(args.device, mode)]:
                 rows += bench_one(loss, n, d, dtype, args, timing, mode, checks)
@@ -281,7 +218,7 @@ def run(args):
 
 
 def bench_one(loss, n, d, dtype, args, timing, mode, checks):
-    shape = f"{loss} N={n} D={d} {str(dtype).replace('torch.', '')}"
+    shape = f"{loss} N={n} D={d} {dtype_name(dtype)}"
     ref_bytes = reference_extra_bytes(loss, n, d, dtype)
     if args.device == "cuda":
         ref_limit = 0.5 * torch.cuda.get_device_properties(0).total_memory
@@ -299,7 +236,7 @@ def bench_one(loss, n, d, dtype, args, timing, mode, checks):
                             "GB of D x D matrices); jem_fast result not checked"}
     else:
         check = check_against_reference(loss, *make_inputs(n, d, dtype, args.device))
-    checks.append({"loss": loss, "n": n, "d": d, "dtype": str(dtype).replace("torch.", ""),
+    checks.append({"loss": loss, "n": n, "d": d, "dtype": dtype_name(dtype),
                    "errors": check})
 
     rows = []
@@ -307,14 +244,10 @@ def bench_one(loss, n, d, dtype, args, timing, mode, checks):
         if impl != "jem_fast" and ref_skip:
             rows.append(skipped_row(loss, impl, n, d, dtype, ref_skip))
             continue
-        if impl == "compile" and mode == "quick" and args.device == "cpu":
-            eager = next(r for r in rows if r["impl"] == "eager")
-            eager_s = eager["fwd_bwd"]["median_ms"] / 1e3 if "fwd_bwd" in eager else 0.0
-            if eager_s > QUICK_COMPILE_MAX_EAGER_S:
-                rows.append(skipped_row(loss, impl, n, d, dtype,
-                                        f"skipped in --quick (eager fwd+bwd {eager_s:.1f} s "
-                                        f"> {QUICK_COMPILE_MAX_EAGER_S} s); run --full"))
-                continue
+        compile_skip = quick_compile_skip(rows, mode, args.device) if impl == "compile" else None
+        if compile_skip:
+            rows.append(skipped_row(loss, impl, n, d, dtype, compile_skip))
+            continue
         log(f"[{shape}] {impl}")
         rows.append(measure(loss, impl, n, d, dtype, args, timing))
 
@@ -335,7 +268,7 @@ def bench_one(loss, n, d, dtype, args, timing, mode, checks):
 
 
 def skipped_row(loss, impl, n, d, dtype, note):
-    return {"loss": loss, "n": n, "d": d, "dtype": str(dtype).replace("torch.", ""),
+    return {"loss": loss, "n": n, "d": d, "dtype": dtype_name(dtype),
             "impl": impl, "status": "skipped", "note": note, "peak_extra_mb": "n/a"}
 
 
@@ -345,8 +278,7 @@ def evaluate_targets(rows, args):
         return None
 
     def find(loss, impl):
-        return next((r for r in rows if (r["loss"], r["impl"], r["n"], r["d"], r["dtype"])
-                     == (loss, impl, 256, 8192, "float32") and r["status"] == "ok"), None)
+        return find_ok_row(rows, loss, impl, 256, 8192, "float32")
 
     targets = []
     for loss, min_speedup in (("vicreg", 20.0), ("barlow_twins", 10.0)):
@@ -360,10 +292,7 @@ def evaluate_targets(rows, args):
         targets.append({"target": f"{loss} jem_fast peak extra memory < 64 MB",
                         "measured": f"{mem} MB",
                         "met": isinstance(mem, (int, float)) and mem < 64})
-    if not targets:
-        return None
-    note = None if args.threads == 2 else f"measured with {args.threads} threads, not 2"
-    return {"shape": "N=256, D=8192, float32, CPU, 2 threads", "note": note, "items": targets}
+    return targets_result("N=256, D=8192, float32, CPU, 2 threads", targets, args.threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,120 +302,30 @@ def evaluate_targets(rows, args):
 def table_rows(rows, device):
     out = []
     for r in rows:
-        t = {"loss": r["loss"], "n": r["n"], "d": r["d"], "dtype": r["dtype"],
-             "impl": r["impl"] + (f" ({r['route']})" if "route" in r else ""),
-             "peak": r["peak_extra_mb"], "note": r["note"]}
+        t = dict(timing_cells(r), loss=r["loss"], n=r["n"], d=r["d"], dtype=r["dtype"],
+                 impl=r["impl"] + (f" ({r['route']})" if "route" in r else ""))
         if r["status"] == "ok":
-            fb, f = r["fwd_bwd"], r["fwd"]
-            t.update(fb=f"{fb['median_ms']:.2f}",
-                     iqr=f"{fb['p25_ms']:.2f}-{fb['p75_ms']:.2f}",
-                     minmax=f"{fb['min_ms']:.2f}-{fb['max_ms']:.2f}", reps=fb["repeats"],
-                     fwd=f"{f['median_ms']:.2f}",
-                     xfb=f"{r['fwd_bwd_vs_jem_fast']:.2f}x", xf=f"{r['fwd_vs_jem_fast']:.2f}x",
-                     tflops=f"{r['tflops_fwd_bwd']:.2f}",
+            t.update(tflops=f"{r['tflops_fwd_bwd']:.2f}",
                      hbm=f"{100 * r['hbm_fraction_fwd_bwd']:.1f}%")
-            if "compile_s" in r:
-                t["note"] = (f"compile {r['compile_s']} s " + t["note"]).strip()
-        else:
-            t.update(fb=r["status"], fwd=r["status"])
         out.append(t)
-    columns = [("loss", "loss"), ("n", "N"), ("d", "D"), ("dtype", "dtype"), ("impl", "impl"),
-               ("fb", "fwd+bwd ms"), ("iqr", "IQR ms"), ("minmax", "min-max ms"),
-               ("reps", "n"), ("fwd", "fwd ms"), ("xfb", "f+b /jf"), ("xf", "fwd /jf"),
-               ("peak", "peak extra MB")]
+    columns = [("loss", "loss"), ("n", "N"), ("d", "D"), ("dtype", "dtype"), ("impl", "impl")]
+    columns += TIMING_COLUMNS
     if device == "cuda":
         columns += [("tflops", "TFLOP/s"), ("hbm", "HBM %")]
     return format_table(out, columns + [("note", "note")])
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_covariance",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="small grid, few repeats (default)")
-    size.add_argument("--full", action="store_true", help="full grid, more repeats, compile "
-                                                          "everywhere")
-    p.add_argument("--out", default="benchmarks/out", help="output folder (default %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default=None,
-                   help="default: float32 on CPU, bfloat16 and float32 on CUDA")
-    p.add_argument("--memory-probe", metavar="SPEC_JSON", default=None,
-                   help=argparse.SUPPRESS)  # internal: the child process of the memory probe
-    return p.parse_args(argv)
+    return benchmark_parser(MODULE, __doc__).parse_args(argv)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if args.memory_probe is not None:
-        print(json.dumps(memory_probe(json.loads(args.memory_probe))))
-        return
-    torch.set_num_threads(args.threads)
-    if args.device == "cuda":
-        if not torch.cuda.is_available():
-            sys.exit("--device cuda: torch.cuda.is_available() is False")
-        if not jem_fast.build_info()["with_cuda"]:
-            sys.exit("--device cuda: this jem_fast build has no CUDA kernels (build_info)")
-
-    started = time.perf_counter()
-    machine = machine_info(args.device, args.threads)
-    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{machine.get('gpu_name', machine['cpu_model'])}")
-    busy = machine["cpu_busy_fraction_at_start"]
-    if busy is not None and busy > CONTENDED_FRACTION:
-        log(f"WARNING: other processes keep {100 * busy:.0f}% of the CPUs busy at start; "
-            "timings will be noisy.")
-    rows, checks = run(args)
-    total_s = time.perf_counter() - started
-    targets = evaluate_targets(rows, args)
-
-    mode = "full" if args.full else "quick"
-    print(f"\njem_fast covariance benchmark -- {args.device}, {mode}, "
-          f"torch.set_num_threads({args.threads}), torch {torch.__version__}")
-    print("times: median over repeats after warm-up; IQR = p25-p75; '/jf' = time / jem_fast "
-          "time in this run (>1: jem_fast faster)")
-    print(table_rows(rows, args.device))
-    if targets:
-        print(f"\nTargets ({targets['shape']})" + (f" -- {targets['note']}"
-                                                     if targets["note"] else ""))
-        for t in targets["items"]:
-            print(f"  {'MET   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
-    contended = [r for r in rows if (r.get("other_cpu_fraction") or 0.0) > CONTENDED_FRACTION]
-    if contended:
-        print(f"\nWARNING: {len(contended)} timing(s) ran while other processes used more than "
-              f"{100 * CONTENDED_FRACTION:.0f}% of the CPUs (CONTENDED in the notes); rerun "
-              "on a quiet machine before comparing them.")
-    print(f"\ntotal wall time {total_s:.0f} s")
-
-    now = datetime.datetime.now()
-    payload = {
-        "benchmark": "covariance", "date": now.isoformat(timespec="seconds"),
-        "argv": sys.argv, "device": args.device, "mode": mode, "threads": args.threads,
-        "dtypes": sorted({r["dtype"] for r in rows}), "timing": TIMING[(args.device, mode)],
-        "machine": machine, "methodology": METHODOLOGY, "correctness_checks": checks,
-        "targets": targets, "total_wall_s": round(total_s, 1), "results": rows,
-    }
-    payload["machine"]["load_average_at_end"] = list(os.getloadavg())
-    payload["machine"]["cpu_busy_fraction_at_end"] = cpu_busy_fraction()
-    stem = f"covariance_{args.device}_{now:%Y%m%d-%H%M%S}"
-    json_path, csv_path = write_results(args.out, stem, payload, [flatten(r) for r in rows])
-    print(f"wrote {json_path} and {csv_path}")
-
-
-def flatten(row):
-    """One CSV line: timing summaries spread into <measure>_<stat> columns."""
-    flat = {}
-    for key, value in row.items():
-        if key in ("fwd_bwd", "fwd"):
-            flat.update({f"{key}_{k}": v for k, v in value.items() if k != "samples_ms"})
-        elif key != "memory_probe":
-            flat[key] = value
-    return flat
+    run_benchmark_main(
+        parse_args(argv), name="covariance", title="covariance",
+        legend="times: median over repeats after warm-up; IQR = p25-p75; '/jf' = time / "
+               "jem_fast time in this run (>1: jem_fast faster)",
+        run=run, evaluate_targets=evaluate_targets, table=table_rows,
+        memory_probe=memory_probe, methodology=METHODOLOGY)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,20 @@ Memory
                                     tracemalloc) and returns the peak-RSS delta it reports
     rss_probe(make_inputs, step)    the child's side of it
     cuda_peak_extra_mb(fn)          CUDA: torch.cuda.max_memory_allocated delta around fn()
+One implementation on one shape
+    measure_row(row, build, ...)    times fwd+bwd (and fwd), checks for contention, measures
+                                    peak extra memory; failures of the baselines become rows
 Output
     machine_info(device, threads), format_table(rows, columns), write_results(...)
+The driver shared by the bench_* modules
+    benchmark_parser(module, doc)   the common command line (--device, --quick/--full, --out,
+                                    --threads, --dtype, and the internal --memory-probe)
+    run_benchmark_main(args, ...)   memory-probe dispatch, checks, machine info, the run, the
+                                    printed table and Targets, warnings, the JSON and CSV
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import ctypes
 import datetime
@@ -32,6 +41,45 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Repeats per measurement: `repeats` at most, `min_repeats` at least, and stop adding repeats
+# once the timed calls of one measurement used `budget_s` seconds.
+TIMING = {
+    ("cpu", "quick"): dict(warmup=1, repeats=15, min_repeats=3, budget_s=2.0),
+    ("cpu", "full"): dict(warmup=1, repeats=50, min_repeats=3, budget_s=10.0),
+    ("cuda", "quick"): dict(warmup=5, repeats=50, min_repeats=10, budget_s=2.0),
+    ("cuda", "full"): dict(warmup=10, repeats=200, min_repeats=20, budget_s=10.0),
+}
+
+# In --quick on CPU, torch.compile(reference) is only run where the eager reference's
+# forward+backward takes at most this long, to keep --quick under ~3 minutes on 2 cores.
+QUICK_COMPILE_MAX_EAGER_S = 3.0
+
+# A timing is flagged CONTENDED when other processes used more than this fraction of all CPUs
+# while it ran (from /proc/stat; on a 2-core machine one busy neighbour is 0.5).
+CONTENDED_FRACTION = 0.1
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def benchmark_mode(args) -> str:
+    return "full" if args.full else "quick"
+
+
+def benchmark_dtypes(args) -> list:
+    """--dtype, or by default float32 on CPU, bfloat16 and float32 on CUDA."""
+    if args.dtype:
+        return [DTYPES[args.dtype]]
+    return [torch.bfloat16, torch.float32] if args.device == "cuda" else [torch.float32]
+
+
+def log(msg):
+    """Progress and warnings go to stderr, so that stdout holds only the results."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,6 +253,116 @@ def cuda_peak_extra_mb(fn) -> float:
 
 
 # --------------------------------------------------------------------------------------------
+# One implementation on one shape
+# --------------------------------------------------------------------------------------------
+
+def _first_line(exc) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+
+
+def measure_row(row, build, *, device, timing, probe_module, probe_spec):
+    """Times one implementation on one shape and measures its peak extra memory, into `row`
+    (a dict with "impl", "status" and "note"), and returns it.
+
+    build() -> (fwd_bwd, fwd): zero-argument callables, one forward+backward and one forward
+    (None: the forward is not timed), over inputs that build() creates. They are the only
+    references to those inputs, so dropping them frees the inputs before the next measurement.
+    impl "compile": the first fwd_bwd call compiles; its time is compile_s, a failure an "n/a"
+    row. A RuntimeError or MemoryError while timing (e.g. out of memory) is an "n/a" row for
+    the baselines, and raised for jem_fast. CPU memory: peak_rss_delta_mb(probe_module,
+    probe_spec) in a fresh process; CUDA: cuda_peak_extra_mb of one fwd_bwd.
+    """
+    step, forward = build()
+    timer = time_cuda if device == "cuda" else time_cpu
+    if row["impl"] == "compile":
+        t0 = time.perf_counter()
+        try:
+            step()  # compiles forward and backward graphs
+            if device == "cuda":
+                torch.cuda.synchronize()
+        except Exception as exc:  # noqa: BLE001 - any compile failure is a result, "n/a"
+            row.update(status="n/a", peak_extra_mb="n/a",
+                       note=f"compile failed: {_first_line(exc)}")
+            return row
+        row["compile_s"] = round(time.perf_counter() - t0, 2)
+    before = cpu_times()
+    try:
+        row["fwd_bwd"] = summarize(timer(step, **timing))
+        if forward is not None:
+            row["fwd"] = summarize(timer(forward, **timing))
+        row["other_cpu_fraction"] = other_cpu_fraction(before, cpu_times())
+        if (row["other_cpu_fraction"] or 0.0) > CONTENDED_FRACTION:
+            row["note"] = (f"CONTENDED: other processes used {100 * row['other_cpu_fraction']:.0f}"
+                           "% of the CPUs while timing")
+        if device == "cuda":
+            row["peak_extra_mb"] = round(cuda_peak_extra_mb(step), 2)
+    except (RuntimeError, MemoryError) as exc:  # e.g. out of memory: a result for the baselines
+        if row["impl"] == "jem_fast":
+            raise
+        row.update(status="n/a", note=_first_line(exc), peak_extra_mb="n/a")
+        row.pop("fwd_bwd", None)
+        row.pop("fwd", None)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        return row
+    del step, forward  # frees the inputs and the implementation (see above)
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        return row
+    probe = peak_rss_delta_mb(probe_module, probe_spec)
+    row["memory_probe"] = probe
+    if "error" in probe:
+        row["peak_extra_mb"] = "n/a"
+        row["note"] = (row["note"] + " " + probe["error"]).strip()
+    else:
+        row["peak_extra_mb"] = probe["delta_mb"]
+    return row
+
+
+# METHODOLOGY entries (stored in each benchmark's JSON) for the parts of measure_row's memory
+# measurement that are the same in every benchmark; each describes its own CPU probe.
+MEMORY_METHODOLOGY = {
+    "peak_extra_memory_cpu_compile": "compile needs its first call at the full shape, so the "
+                                     "probe compiles and runs once, resets the peak RSS, and "
+                                     "measures the second call (memory the allocator kept from "
+                                     "the first call can make this an underestimate)",
+    "peak_extra_memory_cuda": "torch.cuda.max_memory_allocated() - memory_allocated() before "
+                              "one forward+backward (after reset_peak_memory_stats)",
+    "memory_unit": "MB in this benchmark = MiB = 2**20 bytes",
+}
+
+
+def quick_compile_skip(rows, mode, device) -> str | None:
+    """The note of a compile row that --quick on CPU skips because the eager row (already in
+    `rows`) was slower than QUICK_COMPILE_MAX_EAGER_S; None: run it."""
+    if mode != "quick" or device != "cpu":
+        return None
+    eager = next((r for r in rows if r["impl"] == "eager"), {})
+    eager_s = eager["fwd_bwd"]["median_ms"] / 1e3 if "fwd_bwd" in eager else 0.0
+    if eager_s <= QUICK_COMPILE_MAX_EAGER_S:
+        return None
+    return (f"skipped in --quick (eager fwd+bwd {eager_s:.1f} s "
+            f"> {QUICK_COMPILE_MAX_EAGER_S} s); run --full")
+
+
+def find_ok_row(rows, loss, impl, n, d, dtype):
+    """The result row of (loss, impl, n, d, dtype) if it ran ("ok"), else None."""
+    return next((r for r in rows if (r["loss"], r["impl"], r["n"], r["d"], r["dtype"])
+                 == (loss, impl, n, d, dtype) and r["status"] == "ok"), None)
+
+
+def targets_result(shape, items, threads, target_threads=2):
+    """What a benchmark's evaluate_targets returns (see run_benchmark_main): None without
+    items; the note says when the run did not use the threads the targets are set for."""
+    if not items:
+        return None
+    note = (None if threads == target_threads
+            else f"measured with {threads} threads, not {target_threads}")
+    return {"shape": shape, "note": note, "items": items}
+
+
+# --------------------------------------------------------------------------------------------
 # Machine info and output
 # --------------------------------------------------------------------------------------------
 
@@ -338,3 +496,139 @@ def write_results(out_dir, stem: str, payload: dict, rows: list[dict]):
         writer.writeheader()
         writer.writerows(rows)
     return json_path, csv_path
+
+
+# Table columns of the timings, after each benchmark's own shape columns (cells: timing_cells).
+TIMING_COLUMNS = [("fb", "fwd+bwd ms"), ("iqr", "IQR ms"), ("minmax", "min-max ms"),
+                  ("reps", "n"), ("fwd", "fwd ms"), ("xfb", "f+b /jf"), ("xf", "fwd /jf"),
+                  ("peak", "peak extra MB")]
+
+
+def timing_cells(r) -> dict:
+    """The TIMING_COLUMNS cells of one result row (and its note, with compile_s in front).
+    A row that did not run shows its status in the time columns."""
+    cells = {"peak": r["peak_extra_mb"], "note": r["note"]}
+    if r["status"] != "ok":
+        return dict(cells, fb=r["status"], fwd=r["status"])
+    fb = r["fwd_bwd"]
+    cells.update(fb=f"{fb['median_ms']:.2f}", iqr=f"{fb['p25_ms']:.2f}-{fb['p75_ms']:.2f}",
+                 minmax=f"{fb['min_ms']:.2f}-{fb['max_ms']:.2f}", reps=fb["repeats"],
+                 xfb=f"{r['fwd_bwd_vs_jem_fast']:.2f}x", fwd="-")
+    if "fwd" in r:
+        cells["fwd"] = f"{r['fwd']['median_ms']:.2f}"
+        if "fwd_vs_jem_fast" in r:
+            cells["xf"] = f"{r['fwd_vs_jem_fast']:.2f}x"
+    if "compile_s" in r:
+        cells["note"] = (f"compile {r['compile_s']} s " + cells["note"]).strip()
+    return cells
+
+
+def flatten(row):
+    """One CSV line: timing summaries spread into <measure>_<stat> columns."""
+    flat = {}
+    for key, value in row.items():
+        if key in ("fwd_bwd", "fwd"):
+            flat.update({f"{key}_{k}": v for k, v in value.items() if k != "samples_ms"})
+        elif key != "memory_probe":
+            flat[key] = value
+    return flat
+
+
+# --------------------------------------------------------------------------------------------
+# The driver shared by the bench_* modules
+# --------------------------------------------------------------------------------------------
+
+def benchmark_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The command line every benchmark takes; a benchmark adds its own options to it."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small grid, few repeats (default)")
+    size.add_argument("--full", action="store_true", help="full grid, more repeats, compile "
+                                                          "everywhere")
+    p.add_argument("--out", default="benchmarks/out", help="output folder (default %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default=None,
+                   help="default: float32 on CPU, bfloat16 and float32 on CUDA")
+    p.add_argument("--memory-probe", metavar="SPEC_JSON", default=None,
+                   help=argparse.SUPPRESS)  # internal: the child process of the memory probe
+    return p
+
+
+def run_benchmark_main(args, *, name, title, legend, run, evaluate_targets, table,
+                       memory_probe, methodology, extra_payload=None):
+    """Runs one benchmark from its parsed command line (see benchmark_parser).
+
+    name: "covariance", ... -- the JSON's "benchmark" and the output files'
+        <name>_<device>_<date>.json/.csv; title: in the printed header; legend: the line
+        under it that explains the table.
+    run(args) -> (rows, correctness checks); evaluate_targets(rows, args) -> None or
+        {"shape", "note", "items": [{"target", "measured", "met": True/False/None}]}
+        (met None: information, printed INFO); table(rows, device) -> the printed table;
+    memory_probe(spec) -> dict: the child side of --memory-probe.
+    extra_payload: more top-level JSON fields, placed after "threads".
+    """
+    import jem_fast
+
+    if args.memory_probe is not None:
+        print(json.dumps(memory_probe(json.loads(args.memory_probe))))
+        return
+    torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit("--device cuda: torch.cuda.is_available() is False")
+        if not jem_fast.build_info()["with_cuda"]:
+            sys.exit("--device cuda: this jem_fast build has no CUDA kernels (build_info)")
+
+    started = time.perf_counter()
+    machine = machine_info(args.device, args.threads)
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{machine.get('gpu_name', machine['cpu_model'])}")
+    busy = machine["cpu_busy_fraction_at_start"]
+    if busy is not None and busy > CONTENDED_FRACTION:
+        log(f"WARNING: other processes keep {100 * busy:.0f}% of the CPUs busy at start; "
+            "timings will be noisy.")
+    rows, checks = run(args)
+    total_s = time.perf_counter() - started
+    targets = evaluate_targets(rows, args)
+
+    mode = benchmark_mode(args)
+    print(f"\njem_fast {title} benchmark -- {args.device}, {mode}, "
+          f"torch.set_num_threads({args.threads}), torch {torch.__version__}")
+    print(legend)
+    print(table(rows, args.device))
+    if targets:
+        print(f"\nTargets ({targets['shape']})" + (f" -- {targets['note']}"
+                                                     if targets["note"] else ""))
+        for t in targets["items"]:
+            flag = "INFO  " if t["met"] is None else "MET   " if t["met"] else "MISSED"
+            print(f"  {flag} {t['target']}: {t['measured']}")
+    contended = [r for r in rows if (r.get("other_cpu_fraction") or 0.0) > CONTENDED_FRACTION]
+    if contended:
+        print(f"\nWARNING: {len(contended)} timing(s) ran while other processes used more than "
+              f"{100 * CONTENDED_FRACTION:.0f}% of the CPUs (CONTENDED in the notes); rerun "
+              "on a quiet machine before comparing them.")
+    # The extension is rebuilt in place; the CPU memory probes load it afresh in each child.
+    ext_end = _extension_file_info(jem_fast)
+    if ext_end != machine["jem_fast_extension"]:
+        print(f"\nWARNING: the jem_fast extension file changed during the run "
+              f"({machine['jem_fast_extension']} -> {ext_end}); memory probes (fresh processes) "
+              "may have loaded another build than the timings. Rerun.")
+    print(f"\ntotal wall time {total_s:.0f} s")
+
+    now = datetime.datetime.now()
+    payload = {
+        "benchmark": name, "date": now.isoformat(timespec="seconds"),
+        "argv": sys.argv, "device": args.device, "mode": mode, "threads": args.threads,
+        **(extra_payload or {}),
+        "dtypes": sorted({r["dtype"] for r in rows}), "timing": TIMING[(args.device, mode)],
+        "machine": machine, "methodology": methodology, "correctness_checks": checks,
+        "targets": targets, "total_wall_s": round(total_s, 1), "results": rows,
+    }
+    payload["machine"]["jem_fast_extension_at_end"] = ext_end
+    payload["machine"]["load_average_at_end"] = list(os.getloadavg())
+    payload["machine"]["cpu_busy_fraction_at_end"] = cpu_busy_fraction()
+    stem = f"{name}_{args.device}_{now:%Y%m%d-%H%M%S}"
+    json_path, csv_path = write_results(args.out, stem, payload, [flatten(r) for r in rows])
+    print(f"wrote {json_path} and {csv_path}")
