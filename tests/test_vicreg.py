@@ -9,7 +9,8 @@ import jem_fast
 from jem_fast.ops import vicreg_terms
 from jem_fast.reference import vicreg_loss_reference, vicreg_terms_reference
 
-from conftest import DEVICES, lowp_error_bound, make_pair, value_and_grads
+from conftest import (DEVICES, assert_compiled_matches_reference,
+                      assert_low_precision_within_budget, make_pair, value_and_grads)
 
 SHAPES = [(2, 1), (2, 5), (3, 7), (7, 3), (5, 5), (16, 8), (8, 16), (33, 65), (65, 33), (130, 17)]
 ROUTES = ["gram", "covariance", "auto"]
@@ -57,37 +58,14 @@ def test_opcheck(route):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_fullgraph(device):
-    loss_fn = jem_fast.VICRegLoss()
-    z_a, z_b = make_pair(12, 20, dtype=torch.float32, device=device, seed=6)
-    compiled = torch.compile(loss_fn, fullgraph=True)
-    out = compiled(z_a, z_b)
-    ga, gb = torch.autograd.grad(out, (z_a, z_b))
-    ref = vicreg_loss_reference(z_a.double(), z_b.double())
-    ra, rb = torch.autograd.grad(ref, (z_a, z_b))
-    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(ga, ra.float(), rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(gb, rb.float(), rtol=1e-4, atol=1e-7)
+    assert_compiled_matches_reference(jem_fast.VICRegLoss(), vicreg_loss_reference, device, grad_atol=1e-7)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n,d", [(32, 96), (96, 32)])
 def test_low_precision_accumulates_in_float32(dtype, n, d, device):
-    z_a64, z_b64 = make_pair(n, d, seed=7, scale=2.0)
-    z_a = z_a64.detach().to(device=device, dtype=dtype).requires_grad_()
-    z_b = z_b64.detach().to(device=device, dtype=dtype).requires_grad_()
-    out, ga, gb = value_and_grads(lambda a, b: vicreg_terms(a, b), z_a, z_b)
-    assert out.dtype == torch.float32 and ga.dtype == dtype
-    # The float64 oracle on the same (rounded) inputs, and the reference run in the low dtype.
-    a64, b64 = z_a.detach().double().cpu().requires_grad_(), z_b.detach().double().cpu().requires_grad_()
-    ref, ra, rb = value_and_grads(vicreg_terms_reference, a64, b64)
-    a_lp = z_a.detach().cpu().requires_grad_()
-    b_lp = z_b.detach().cpu().requires_grad_()
-    ref_lp, rla, rlb = value_and_grads(vicreg_terms_reference, a_lp, b_lp)
-    tol_floor = 1e-5 if dtype == torch.float32 else 1e-3
-    assert (out.double().cpu() - ref).abs().max() <= max(lowp_error_bound(ref_lp, ref), tol_floor * ref.abs().max())
-    assert (ga.double().cpu() - ra).abs().max() <= max(lowp_error_bound(rla, ra), tol_floor * ra.abs().max())
-    assert (gb.double().cpu() - rb).abs().max() <= max(lowp_error_bound(rlb, rb), tol_floor * rb.abs().max())
+    assert_low_precision_within_budget(lambda a, b: vicreg_terms(a, b), vicreg_terms_reference, n, d, dtype, device)
 
 
 def test_float32_large_offset_is_stable():
