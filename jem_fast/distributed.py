@@ -16,6 +16,12 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def check_gather_available(gather_distributed: bool) -> None:
+    """Constructor check of every loss with a gather_distributed flag."""
+    if gather_distributed and not dist.is_available():
+        raise ValueError("gather_distributed=True but torch.distributed is not available")
+
+
 def _supports_reduce_scatter(group) -> bool:
     return dist.get_backend(group) == "nccl"
 

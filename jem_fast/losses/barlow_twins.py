@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..distributed import all_gather_with_grad, is_distributed
+from ..distributed import all_gather_with_grad, check_gather_available, is_distributed
 from ..ops.barlow_twins import BarlowTwinsTerms, barlow_twins_terms
 
 
@@ -29,8 +29,7 @@ class BarlowTwinsLoss(torch.nn.Module):
     def __init__(self, lambda_param: float = 5e-3, gather_distributed: bool = False,
                  route: str = "auto", check_finite: bool = True):
         super().__init__()
-        if gather_distributed and not torch.distributed.is_available():
-            raise ValueError("gather_distributed=True but torch.distributed is not available")
+        check_gather_available(gather_distributed)
         self.lambda_param = lambda_param
         self.gather_distributed = gather_distributed
         self.route = route

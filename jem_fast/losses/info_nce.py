@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..distributed import all_gather_with_grad, is_distributed
+from ..distributed import all_gather_with_grad, check_gather_available, is_distributed
 from ..ops.info_nce import check_pair, check_temperature, logsumexp_logits
 
 
@@ -40,6 +40,7 @@ class InfoNCELoss(torch.nn.Module):
                  gather_distributed: bool = False, chunk_rows: int = 0):
         super().__init__()
         temperature = check_temperature(temperature)
+        check_gather_available(gather_distributed)
         if symmetric and not in_batch_negatives:
             raise ValueError("symmetric=True needs in_batch_negatives=True")
         self.temperature = temperature

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..distributed import all_gather_with_grad, is_distributed
+from ..distributed import all_gather_with_grad, check_gather_available, is_distributed
 from ..nn.memory_bank import MemoryBank
 from ..ops.info_nce import (check_pair, check_temperature, logsumexp_logits,
                              logsumexp_self_logits)
@@ -36,8 +36,7 @@ class NTXentLoss(torch.nn.Module):
                  gather_distributed: bool = False, chunk_rows: int = 0):
         super().__init__()
         self.temperature = check_temperature(temperature)
-        if gather_distributed and not dist.is_available():
-            raise ValueError("gather_distributed=True but torch.distributed is not available")
+        check_gather_available(gather_distributed)
         self.memory_bank = MemoryBank(size=memory_bank_size, gather_distributed=gather_distributed)
         self.gather_distributed = gather_distributed
         self.chunk_rows = chunk_rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..distributed import all_gather_with_grad, is_distributed
+from ..distributed import all_gather_with_grad, check_gather_available, is_distributed
 from ..ops.vicreg import VICRegTerms, vicreg_terms
 
 
@@ -32,8 +32,7 @@ class VICRegLoss(torch.nn.Module):
                  gather_distributed: bool = False, eps: float = 0.0001, route: str = "auto",
                  check_finite: bool = True):
         super().__init__()
-        if gather_distributed and not torch.distributed.is_available():
-            raise ValueError("gather_distributed=True but torch.distributed is not available")
+        check_gather_available(gather_distributed)
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         self.lambda_param = lambda_param

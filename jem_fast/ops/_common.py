@@ -21,3 +21,12 @@ def compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
 def check_route(route: str) -> None:
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+
+
+def shape_2d(z: torch.Tensor, name: str):
+    """(rows, cols) of a 2-D tensor argument, or a TypeError/ValueError naming it."""
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if z.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(z.shape)}")
+    return z.shape[0], z.shape[1]

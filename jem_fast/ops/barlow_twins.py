@@ -16,8 +16,8 @@ from typing import NamedTuple
 import torch
 
 from .._extension import require_extension
-from ._common import acc_dtype, compute_dtype
-from .vicreg import _shape_of, resolve_route
+from ._common import acc_dtype, compute_dtype, shape_2d
+from .vicreg import resolve_route
 
 require_extension()
 
@@ -81,6 +81,6 @@ def barlow_twins_terms(z_a: torch.Tensor, z_b: torch.Tensor, route: str = "auto"
     route: 'auto' (Gram when 4N < 3D), 'gram' or 'covariance'.
     check_finite: raise if an input holds NaN/Inf (costs one device sync on CUDA).
     """
-    n, d = _shape_of(z_a, "z_a")
+    n, d = shape_2d(z_a, "z_a")
     gram_route = resolve_route(route, n, d, barlow_twins_gram_if)
     return torch.ops.jem_fast.barlow_twins_forward(z_a, z_b, gram_route, bool(check_finite))[0]

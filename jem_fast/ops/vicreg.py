@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from .._extension import require_extension
-from ._common import acc_dtype, check_route, compute_dtype
+from ._common import acc_dtype, check_route, compute_dtype, shape_2d
 
 require_extension()
 
@@ -83,15 +83,8 @@ def vicreg_terms(z_a: torch.Tensor, z_b: torch.Tensor, eps: float = 1e-4, route:
     route: 'auto' (Gram when N < D), 'gram' or 'covariance'.
     check_finite: raise if an input holds NaN/Inf (costs one device sync on CUDA).
     """
-    n, d = _shape_of(z_a, "z_a")
+    n, d = shape_2d(z_a, "z_a")
     gram_route = resolve_route(route, n, d)
     return torch.ops.jem_fast.vicreg_forward(z_a, z_b, float(eps), gram_route,
                                              bool(check_finite))[0]
 
-
-def _shape_of(z: torch.Tensor, name: str):
-    if not isinstance(z, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
-    if z.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(z.shape)}")
-    return z.shape[0], z.shape[1]
