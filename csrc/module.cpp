@@ -32,7 +32,10 @@ pybind11::dict build_info() {
   pybind11::list cpu_kernels, cuda_kernels;
   for (const char* op : {"vicreg_forward", "vicreg_backward", "barlow_twins_forward",
                          "barlow_twins_backward", "info_nce_lse", "info_nce_lse_backward",
-                         "info_nce_self_lse", "info_nce_self_lse_backward"}) {
+                         "info_nce_self_lse", "info_nce_self_lse_backward",
+                         "sinkhorn_knopp", "sinkhorn_column_stats", "sinkhorn_row_potential",
+                         "sinkhorn_plan", "multiview_cross_entropy",
+                         "multiview_cross_entropy_backward", "centered_softmax"}) {
     cpu_kernels.append(op);
 #ifdef WITH_CUDA
     cuda_kernels.append(op);

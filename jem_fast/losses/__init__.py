@@ -3,5 +3,7 @@ from .vicreg import VICRegLoss
 from .barlow_twins import BarlowTwinsLoss
 from .info_nce import InfoNCELoss
 from .ntxent import NTXentLoss
+from .swav import SwaVLoss
+from .dino import DINOLoss
 
-__all__ = ["VICRegLoss", "BarlowTwinsLoss", "NTXentLoss", "InfoNCELoss"]
+__all__ = ["VICRegLoss", "BarlowTwinsLoss", "NTXentLoss", "InfoNCELoss", "SwaVLoss", "DINOLoss"]

@@ -6,7 +6,10 @@ compiled ops, which is what makes torch.compile(fullgraph=True) and torch.librar
 from .vicreg import VICRegTerms, resolve_route, vicreg_terms
 from .barlow_twins import BarlowTwinsTerms, barlow_twins_terms
 from .info_nce import logsumexp_logits, logsumexp_self_logits
+from .sinkhorn_knopp import sinkhorn_knopp
+from .multiview_cross_entropy import centered_softmax, multiview_cross_entropy
 
 __all__ = ["VICRegTerms", "vicreg_terms", "BarlowTwinsTerms", "barlow_twins_terms",
            "resolve_route", "logsumexp_logits",
-           "logsumexp_self_logits"]
+           "logsumexp_self_logits", "sinkhorn_knopp", "multiview_cross_entropy",
+           "centered_softmax"]

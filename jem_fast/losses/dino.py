@@ -1,0 +1,127 @@
+"""DINOLoss: drop-in for lightly.loss.DINOLoss on the fused teacher softmax and multi-view
+cross-entropy ops."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+
+from ..distributed import is_distributed
+from ..ops.multiview_cross_entropy import centered_softmax, multiview_cross_entropy
+from ..ops.sinkhorn_knopp import sinkhorn_knopp
+
+CENTERINGS = ("center", "sinkhorn_knopp")
+
+
+class DINOLoss(torch.nn.Module):
+    """DINO loss (Caron et al., 2021) with lightly's arguments, defaults and forward signature.
+
+    p_t = softmax((teacher_t - center) / T_teacher), no gradient; the loss is the mean over
+    every (teacher crop t, student crop v) pair with v != t (the teacher crops are the first
+    student crops) of -mean_b sum_k p_t log_softmax(student_v / T_student); then
+    center <- m center + (1 - m) mean of the teacher rows (all-reduced over ranks when
+    torch.distributed is initialized, as in lightly and the official code).
+
+    Fused: the teacher softmax (centering + sharpening) is one pass per teacher crop; all pairs
+    cost one log-sum-exp per student crop and one dot per pair, reading each student crop once
+    forward and once backward and writing its gradient once. No (V, B, K) stack or log-softmax.
+
+    Teacher temperature: `teacher_temp` passed to forward wins; otherwise, with `epoch`, lightly's
+    linear warmup linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs)[epoch]
+    then constant; otherwise teacher_temp.
+
+    jem_fast extras: `teacher_centering="sinkhorn_knopp"` replaces the centered softmax by
+    DINOv2's Sinkhorn-Knopp centering of the concatenated teacher crops (epsilon = teacher
+    temperature, `sinkhorn_iterations`, normalized over all ranks when distributed; the center
+    buffer is then not used or updated); `check_finite` raises instead of returning NaN.
+
+    Differences from lightly, on purpose: teacher outputs are treated as constants (the official
+    code detaches them; lightly would backpropagate into a teacher that requires grad); the loss
+    is float32 (float64 for float64 inputs) whatever the input dtype.
+    """
+
+    def __init__(self, output_dim: int = 65536, warmup_teacher_temp: float = 0.04,
+                 teacher_temp: float = 0.04, warmup_teacher_temp_epochs: int = 30,
+                 student_temp: float = 0.1, center_momentum: float = 0.9,
+                 center_mode: str = "mean", teacher_centering: str = "center",
+                 sinkhorn_iterations: int = 3, check_finite: bool = True):
+        super().__init__()
+        if center_mode != "mean":
+            raise ValueError(f"Unknown mode '{center_mode}'. Valid modes are ['mean'].")
+        if teacher_centering not in CENTERINGS:
+            raise ValueError(f"teacher_centering must be one of {CENTERINGS}, got "
+                             f"{teacher_centering!r}")
+        if output_dim < 1:
+            raise ValueError(f"output_dim must be >= 1, got {output_dim}")
+        for name, value in (("teacher_temp", teacher_temp), ("student_temp", student_temp),
+                            ("warmup_teacher_temp", warmup_teacher_temp)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if not 0.0 <= center_momentum <= 1.0:
+            raise ValueError(f"center_momentum must be in [0, 1], got {center_momentum}")
+        self.output_dim = output_dim
+        self.teacher_temp = teacher_temp
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.teacher_temp_schedule = torch.linspace(start=warmup_teacher_temp, end=teacher_temp,
+                                                    steps=warmup_teacher_temp_epochs)
+        self.teacher_centering = teacher_centering
+        self.sinkhorn_iterations = sinkhorn_iterations
+        self.check_finite = check_finite
+        self.register_buffer("center", torch.zeros(1, 1, output_dim))
+
+    def teacher_temperature(self, teacher_temp: Optional[float] = None,
+                            epoch: Optional[int] = None) -> float:
+        if teacher_temp is not None:
+            return float(teacher_temp)
+        if epoch is not None and epoch < self.warmup_teacher_temp_epochs:
+            return float(self.teacher_temp_schedule[epoch])
+        return float(self.teacher_temp)
+
+    def _check_views(self, teacher_out, student_out) -> None:
+        for name, views in (("teacher_out", teacher_out), ("student_out", student_out)):
+            if isinstance(views, torch.Tensor) or len(views) == 0:
+                raise ValueError(f"{name} must be a non-empty list of (batch, output_dim) tensors")
+            for i, x in enumerate(views):
+                if x.dim() != 2 or x.shape[-1] != self.output_dim:
+                    raise ValueError(f"{name}[{i}] must have shape (batch, {self.output_dim}), "
+                                     f"got {tuple(x.shape)}")
+        if len(teacher_out) * len(student_out) - min(len(teacher_out), len(student_out)) == 0:
+            raise ValueError(
+                "DINOLoss requires at least two views in total (the diagonal matching the same "
+                f"view index is excluded), but got {len(teacher_out)} teacher view(s) and "
+                f"{len(student_out)} student view(s)")
+
+    def teacher_probabilities(self, teacher_out: List[torch.Tensor],
+                              temperature: float) -> List[torch.Tensor]:
+        if self.teacher_centering == "sinkhorn_knopp":
+            stacked = torch.cat([t.detach() for t in teacher_out])
+            q = sinkhorn_knopp(stacked, temperature, self.sinkhorn_iterations,
+                               gather_distributed=True, check_finite=self.check_finite)
+            return list(q.split(teacher_out[0].shape[0]))
+        return [centered_softmax(t, self.center, temperature) for t in teacher_out]
+
+    def forward(self, teacher_out: List[torch.Tensor], student_out: List[torch.Tensor],
+                teacher_temp: Optional[float] = None, epoch: Optional[int] = None) -> torch.Tensor:
+        teacher_out, student_out = list(teacher_out), list(student_out)
+        self._check_views(teacher_out, student_out)
+        temperature = self.teacher_temperature(teacher_temp, epoch)
+        probs = self.teacher_probabilities(teacher_out, temperature)
+        loss = multiview_cross_entropy(probs, student_out, self.student_temp, self.check_finite)
+        if self.teacher_centering == "center":
+            self.update_center(teacher_out)
+        return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: List[torch.Tensor]) -> None:
+        """center <- m center + (1 - m) mean over every teacher row (all ranks)."""
+        rows = sum(t.shape[0] for t in teacher_out)
+        batch_center = sum(t.detach().sum(dim=0, dtype=torch.float32) for t in teacher_out) / rows
+        if is_distributed():
+            dist.all_reduce(batch_center)
+            batch_center /= dist.get_world_size()
+        self.center.mul_(self.center_momentum).add_(
+            batch_center.reshape(self.center.shape).to(self.center.dtype),
+            alpha=1 - self.center_momentum)

@@ -1,0 +1,115 @@
+"""Multi-view soft cross-entropy (SwAV, DINO) and DINO's centered teacher softmax.
+
+    loss = mean over pairs (t, v), v != t, of mean_b [ -sum_k y_tbk log_softmax(scale x_vb)_k ]
+
+for T target distributions y (SwAV codes, DINO teacher probabilities; no gradient) and V
+student logit tensors x (the first T student views are the same crops as the targets and are
+not paired with them). Since sum_k y log_softmax(x)_k = y . x - sum(y) LSE(x), the op computes
+one LSE per student view and a dot with the summed targets, reading every logit once forward
+and once backward; no (B, K) log-softmax exists. Lists are taken as they are: the multi-crop
+outputs are never stacked.
+
+    p = centered_softmax(x, center, scale) = softmax(scale (x - center))   (float32, no grad)
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+
+from .._extension import require_extension
+from ._common import acc_dtype
+
+require_extension()
+
+
+@torch.library.register_fake("jem_fast::multiview_cross_entropy")
+def _multiview_ce_fake(targets, logits, scale, check_finite):
+    x = logits[0]
+    ct = acc_dtype(x.dtype)
+    return (x.new_empty((), dtype=ct), x.new_empty((len(logits), x.shape[0]), dtype=ct),
+            x.new_empty((len(targets), x.shape[0]), dtype=ct))
+
+
+@torch.library.register_fake("jem_fast::multiview_cross_entropy_backward")
+def _multiview_ce_backward_fake(grad_loss, targets, logits, lse, mass, scale):
+    return [torch.empty_like(x, memory_format=torch.contiguous_format) for x in logits]
+
+
+@torch.library.register_fake("jem_fast::centered_softmax")
+def _centered_softmax_fake(x, center, scale):
+    return x.new_empty(x.shape, dtype=acc_dtype(x.dtype))
+
+
+def _setup_context(ctx, inputs, output):
+    targets, logits, scale, _ = inputs
+    _, lse, mass = output
+    ctx.save_for_backward(lse, mass, *targets, *logits)
+    ctx.num_targets = len(targets)
+    ctx.scale = scale
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_loss, grad_lse, grad_mass):
+    lse, mass, *tensors = ctx.saved_tensors
+    targets, logits = tensors[:ctx.num_targets], tensors[ctx.num_targets:]
+    no_targets = [None] * len(targets)
+    if grad_loss is None or not any(_flatten(ctx.needs_input_grad[1])):
+        return no_targets, [None] * len(logits), None, None
+    grads = torch.ops.jem_fast.multiview_cross_entropy_backward(
+        grad_loss, list(targets), list(logits), lse, mass, ctx.scale)
+    return no_targets, list(grads), None, None
+
+
+def _flatten(flags):
+    return flags if isinstance(flags, (list, tuple)) else [flags]
+
+
+torch.library.register_autograd("jem_fast::multiview_cross_entropy", _backward,
+                                setup_context=_setup_context)
+
+
+def _check_list(tensors, name: str) -> List[torch.Tensor]:
+    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence):
+        raise TypeError(f"{name} must be a list of (batch, dim) tensors, got "
+                        f"{type(tensors).__name__}")
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError(f"{name} must not be empty")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"{name}[{i}] must be 2-D (batch, dim), got shape {tuple(t.shape)}")
+    return tensors
+
+
+def multiview_cross_entropy(targets: Sequence[torch.Tensor], logits: Sequence[torch.Tensor],
+                            temperature: float, check_finite: bool = True) -> torch.Tensor:
+    """Mean over pairs (t, v), v != t, of the batch-mean cross-entropy between targets[t]
+    (probabilities, no gradient) and softmax(logits[v] / temperature). Targets are cast to the
+    accumulation dtype (float32; float64 for float64 logits). Returns a float32 (float64) scalar.
+    check_finite raises (naming the inputs) when the loss is NaN/Inf (one device sync)."""
+    targets = _check_list(targets, "targets")
+    logits = _check_list(logits, "logits")
+    t = float(temperature)
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    ct = acc_dtype(logits[0].dtype)
+    targets = [y.detach().to(ct) for y in targets]
+    loss, _, _ = torch.ops.jem_fast.multiview_cross_entropy(targets, logits, 1.0 / t,
+                                                            bool(check_finite))
+    return loss
+
+
+def centered_softmax(x: torch.Tensor, center: Optional[torch.Tensor],
+                     temperature: float) -> torch.Tensor:
+    """softmax((x - center) / temperature) over the last dim in float32 (float64 for float64),
+    without gradient: DINO's teacher distribution."""
+    if x.dim() != 2:
+        raise ValueError(f"teacher output must be 2-D (batch, dim), got shape {tuple(x.shape)}")
+    t = float(temperature)
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"teacher temperature must be a finite number > 0, got {temperature}")
+    return torch.ops.jem_fast.centered_softmax(x.detach(), center, 1.0 / t)
