@@ -3,5 +3,6 @@ from .vicreg import VICRegLoss
 from .barlow_twins import BarlowTwinsLoss
 from .info_nce import InfoNCELoss
 from .ntxent import NTXentLoss
+from .wmse import WMSELoss, norm_mse_loss
 
-__all__ = ["VICRegLoss", "BarlowTwinsLoss", "NTXentLoss", "InfoNCELoss"]
+__all__ = ["VICRegLoss", "BarlowTwinsLoss", "NTXentLoss", "InfoNCELoss", "WMSELoss", "norm_mse_loss"]
