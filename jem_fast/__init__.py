@@ -2,8 +2,9 @@
 from ._extension import build_info
 from . import ops, losses, nn, reference, distributed
 from .losses import (BarlowTwinsLoss, DINOLoss, InfoNCELoss, NTXentLoss, SwaVLoss,
-                     VICRegLoss)
+                     VICRegLoss, WMSELoss)
 
 __version__ = "0.1.0"
 __all__ = ["build_info", "ops", "losses", "nn", "reference", "distributed", "VICRegLoss",
-           "BarlowTwinsLoss", "NTXentLoss", "InfoNCELoss", "SwaVLoss", "DINOLoss", "__version__"]
+           "BarlowTwinsLoss", "NTXentLoss", "InfoNCELoss", "SwaVLoss", "DINOLoss", "WMSELoss",
+           "__version__"]

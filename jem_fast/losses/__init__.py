@@ -5,5 +5,7 @@ from .info_nce import InfoNCELoss
 from .ntxent import NTXentLoss
 from .swav import SwaVLoss
 from .dino import DINOLoss
+from .wmse import WMSELoss, norm_mse_loss
 
-__all__ = ["VICRegLoss", "BarlowTwinsLoss", "NTXentLoss", "InfoNCELoss", "SwaVLoss", "DINOLoss"]
+__all__ = ["VICRegLoss", "BarlowTwinsLoss", "NTXentLoss", "InfoNCELoss", "SwaVLoss", "DINOLoss",
+           "WMSELoss", "norm_mse_loss"]
