@@ -3,5 +3,6 @@ from .vicreg import VICRegLoss
 from .barlow_twins import BarlowTwinsLoss
 from .info_nce import InfoNCELoss
 from .ntxent import NTXentLoss
+from .deepcluster import DeepClusterV2Loss
 
-__all__ = ["VICRegLoss", "BarlowTwinsLoss", "NTXentLoss", "InfoNCELoss"]
+__all__ = ["VICRegLoss", "BarlowTwinsLoss", "NTXentLoss", "InfoNCELoss", "DeepClusterV2Loss"]

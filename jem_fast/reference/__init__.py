@@ -6,6 +6,8 @@ benchmark dtype, eager and under torch.compile). Deliberately unoptimized.
 from .vicreg import vicreg_loss_reference, vicreg_terms_reference
 from .barlow_twins import barlow_twins_loss_reference, barlow_twins_terms_reference
 from .info_nce import info_nce_loss_reference, ntxent_loss_reference
+from .deepcluster import assign_to_centroids_reference, deepcluster_v2_loss_reference
 
 __all__ = ["vicreg_loss_reference", "vicreg_terms_reference", "barlow_twins_loss_reference",
-           "barlow_twins_terms_reference", "ntxent_loss_reference", "info_nce_loss_reference"]
+           "barlow_twins_terms_reference", "ntxent_loss_reference", "info_nce_loss_reference",
+           "assign_to_centroids_reference", "deepcluster_v2_loss_reference"]
