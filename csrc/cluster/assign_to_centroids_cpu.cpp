@@ -27,8 +27,8 @@ namespace {
 constexpr int64_t kRows = 4;        // rows per register block
 constexpr int64_t kRowBlock = 64;   // rows per parallel task (multiple of kRows)
 
-// 2 AVX2 registers of centroids per row: 4 x 2 accumulators + 2 panel loads + 1 broadcast fit
-// in the 16 ymm registers.
+// Two 32-byte vectors of centroids per row: 4 x 2 accumulators + 2 panel loads + 1 broadcast
+// fit in the 16 ymm registers of AVX2.
 template <typename T> struct Panel { static constexpr int64_t width = 64 / sizeof(T); };
 
 // ||v|| of a row of length D. The row is scaled by its largest magnitude first, so neither
@@ -82,6 +82,12 @@ void pack_centroids(const In* c, int64_t K, int64_t D, Acc* packed) {
   });
 }
 
+// 32-byte vectors (GCC/Clang vector extensions): one AVX2 register in the x86-64-v3 clone, a
+// pair of SSE registers in the baseline one. Written out because GCC keeps a plain
+// acc[kRows][W] array in memory instead of registers.
+template <typename T> struct Vec { typedef T type __attribute__((vector_size(32))); };
+template <typename T> using vec_t = typename Vec<T>::type;
+
 // The hot loop of one row block: xb holds `rows` normalized rows (rows a multiple of kRows,
 // padding rows zero), best/arg the running maximum of each row. Separate non-lambda function
 // so that JEM_CPU_MULTIVERSION gives it an AVX2/FMA clone.
@@ -89,6 +95,8 @@ template <typename T>
 JEM_CPU_MULTIVERSION void block_argmax(const T* xb, int64_t rows, const T* packed, int64_t K,
                                        int64_t D, T* best, int64_t* arg) {
   constexpr int64_t W = Panel<T>::width;
+  constexpr int64_t L = 32 / sizeof(T);  // lanes per vector; W = 2 L
+  static_assert(W == 2 * L, "a panel is two vectors wide");
   const int64_t panels = (K + W - 1) / W;
   for (int64_t p = 0; p < panels; ++p) {
     const T* panel = packed + p * D * W;
@@ -96,16 +104,22 @@ JEM_CPU_MULTIVERSION void block_argmax(const T* xb, int64_t rows, const T* packe
     const int64_t valid = std::min(W, K - k0);
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       const T* x0 = xb + r0 * D;
-      T acc[kRows][W];
-      for (int64_t r = 0; r < kRows; ++r)
-        for (int64_t j = 0; j < W; ++j) acc[r][j] = T(0);
+      vec_t<T> a00 = {}, a01 = {}, a10 = {}, a11 = {}, a20 = {}, a21 = {}, a30 = {}, a31 = {};
       for (int64_t d = 0; d < D; ++d) {
-        const T* pd = panel + d * W;
-        for (int64_t r = 0; r < kRows; ++r) {
-          const T xv = x0[r * D + d];
-          for (int64_t j = 0; j < W; ++j) acc[r][j] += xv * pd[j];
-        }
+        vec_t<T> lo, hi;  // unaligned loads
+        __builtin_memcpy(&lo, panel + d * W, sizeof(lo));
+        __builtin_memcpy(&hi, panel + d * W + L, sizeof(hi));
+        const T v0 = x0[d], v1 = x0[D + d], v2 = x0[2 * D + d], v3 = x0[3 * D + d];
+        a00 += v0 * lo; a01 += v0 * hi;
+        a10 += v1 * lo; a11 += v1 * hi;
+        a20 += v2 * lo; a21 += v2 * hi;
+        a30 += v3 * lo; a31 += v3 * hi;
       }
+      T acc[kRows][W];
+      __builtin_memcpy(&acc[0][0], &a00, sizeof(a00)); __builtin_memcpy(&acc[0][L], &a01, sizeof(a01));
+      __builtin_memcpy(&acc[1][0], &a10, sizeof(a10)); __builtin_memcpy(&acc[1][L], &a11, sizeof(a11));
+      __builtin_memcpy(&acc[2][0], &a20, sizeof(a20)); __builtin_memcpy(&acc[2][L], &a21, sizeof(a21));
+      __builtin_memcpy(&acc[3][0], &a30, sizeof(a30)); __builtin_memcpy(&acc[3][L], &a31, sizeof(a31));
       // Increasing k and a strict comparison: ties keep the lowest index.
       for (int64_t r = 0; r < kRows; ++r) {
         T b = best[r0 + r];
