@@ -96,6 +96,9 @@ def spherical_kmeans(memory: torch.Tensor, num_centroids: int, num_iters: int = 
     if num_iters < 0:
         raise ValueError(f"num_iters must be >= 0, got {num_iters}")
     rank, world = _world(group)
+    if world > 1 and generator is None:
+        raise ValueError("generator: distributed k-means needs a torch.Generator in the same state "
+                         "on every rank (or use cluster_memory(..., seed=...))")
     n_local, D = memory.shape
     if _rows is None:
         _rows = _rows_per_rank(n_local, memory.device, group)
