@@ -232,7 +232,6 @@ def test_cluster_memory_heads_and_dataset_index():
     missing[index] = False
     assert (res.assignments[:, missing] == -1).all()
     assert torch.equal(res.assignments[:, index], res.local_assignments)
-    # Head 2 uses bank 0 again (h % num_banks): same as a lone run with the same generator draw.
     with pytest.raises(ValueError, match="between 1 and the number of memory rows"):
         cluster_memory(x, 41)
     with pytest.raises(ValueError, match="together"):
