@@ -35,7 +35,8 @@ pybind11::dict build_info() {
                          "info_nce_self_lse", "info_nce_self_lse_backward",
                          "sinkhorn_knopp", "sinkhorn_column_stats", "sinkhorn_row_potential",
                          "sinkhorn_plan", "multiview_cross_entropy",
-                         "multiview_cross_entropy_backward", "centered_softmax"}) {
+                         "multiview_cross_entropy_backward", "centered_softmax",
+                         "assign_to_centroids"}) {
     cpu_kernels.append(op);
 #ifdef WITH_CUDA
     cuda_kernels.append(op);

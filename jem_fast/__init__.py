@@ -1,10 +1,10 @@
 """jem_fast: fused losses and augmentation for joint-embedding self-supervised learning."""
 from ._extension import build_info
-from . import ops, losses, nn, reference, distributed
-from .losses import (BarlowTwinsLoss, DINOLoss, InfoNCELoss, NTXentLoss, SwaVLoss,
-                     VICRegLoss, WMSELoss)
+from . import ops, losses, nn, reference, distributed, cluster
+from .losses import (BarlowTwinsLoss, DeepClusterV2Loss, DINOLoss, InfoNCELoss, NTXentLoss,
+                     SwaVLoss, VICRegLoss, WMSELoss)
 
 __version__ = "0.1.0"
-__all__ = ["build_info", "ops", "losses", "nn", "reference", "distributed", "VICRegLoss",
-           "BarlowTwinsLoss", "NTXentLoss", "InfoNCELoss", "SwaVLoss", "DINOLoss", "WMSELoss",
-           "__version__"]
+__all__ = ["build_info", "ops", "losses", "nn", "reference", "distributed", "cluster",
+           "VICRegLoss", "BarlowTwinsLoss", "NTXentLoss", "InfoNCELoss", "SwaVLoss", "DINOLoss",
+           "DeepClusterV2Loss", "WMSELoss", "__version__"]

@@ -5,7 +5,8 @@ from .info_nce import InfoNCELoss
 from .ntxent import NTXentLoss
 from .swav import SwaVLoss
 from .dino import DINOLoss
+from .deepcluster import DeepClusterV2Loss
 from .wmse import WMSELoss, norm_mse_loss
 
 __all__ = ["VICRegLoss", "BarlowTwinsLoss", "NTXentLoss", "InfoNCELoss", "SwaVLoss", "DINOLoss",
-           "WMSELoss", "norm_mse_loss"]
+           "DeepClusterV2Loss", "WMSELoss", "norm_mse_loss"]

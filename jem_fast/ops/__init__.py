@@ -8,8 +8,8 @@ from .barlow_twins import BarlowTwinsTerms, barlow_twins_terms
 from .info_nce import logsumexp_logits, logsumexp_self_logits
 from .sinkhorn_knopp import sinkhorn_knopp
 from .multiview_cross_entropy import centered_softmax, multiview_cross_entropy
+from .assign_to_centroids import assign_to_centroids
 
 __all__ = ["VICRegTerms", "vicreg_terms", "BarlowTwinsTerms", "barlow_twins_terms",
-           "resolve_route", "logsumexp_logits",
-           "logsumexp_self_logits", "sinkhorn_knopp", "multiview_cross_entropy",
-           "centered_softmax"]
+           "resolve_route", "logsumexp_logits", "logsumexp_self_logits", "sinkhorn_knopp",
+           "multiview_cross_entropy", "centered_softmax", "assign_to_centroids"]

@@ -1,0 +1,60 @@
+"""DeepCluster-v2 loss: cross-entropy of prototype scores against k-means assignments."""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..ops.info_nce import check_temperature
+
+
+class DeepClusterV2Loss(torch.nn.Module):
+    """loss = mean over prototype heads h of CE(scores_h / temperature, targets_h), each CE the
+    mean over the rows whose target is not ignore_index (the official code's formula).
+
+    forward(outputs, targets):
+      outputs: (N, K) scores of one head, or a list of them (heads may have different K).
+      targets: (N,) int64 cluster indices for one head, (num_heads, N), or a list of (N,)
+          tensors; rows with ignore_index (default -1, what jem_fast.cluster gives rows without
+          an assignment) do not count. In the official training loop the targets of a batch
+          are `assignments[h][idx].repeat(num_crops)`, one per crop.
+    The scores are cast to float32 (float64 stays float64) before the softmax. A head whose
+    rows are all ignored contributes 0 (torch's mean would be 0/0 = NaN).
+    """
+
+    def __init__(self, temperature: float = 0.1, ignore_index: int = -1):
+        super().__init__()
+        self.temperature = check_temperature(temperature)
+        self.ignore_index = int(ignore_index)
+
+    def forward(self, outputs: Union[Tensor, Sequence[Tensor]],
+                targets: Union[Tensor, Sequence[Tensor]]) -> Tensor:
+        heads = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+        if not heads:
+            raise ValueError("outputs must hold the scores of at least one prototype head")
+        if isinstance(targets, Tensor):
+            labels = [targets] if targets.dim() == 1 else list(targets.unbind(0))
+        else:
+            labels = list(targets)
+        if len(labels) != len(heads):
+            raise ValueError(f"targets: expected one target vector per head ({len(heads)}), got "
+                             f"{len(labels)}")
+        loss = None
+        for h, (scores, t) in enumerate(zip(heads, labels)):
+            if scores.dim() != 2:
+                raise ValueError(f"outputs[{h}] must be 2-D (batch, num_prototypes), got shape "
+                                 f"{tuple(scores.shape)}")
+            if t.dim() != 1 or t.shape[0] != scores.shape[0]:
+                raise ValueError(f"targets[{h}] must be a vector with one entry per row of "
+                                 f"outputs[{h}] ({scores.shape[0]}), got shape {tuple(t.shape)}")
+            if t.dtype != torch.int64:
+                raise ValueError(f"targets[{h}] must be int64 cluster indices, got {t.dtype}")
+            logits = scores if scores.dtype == torch.float64 else scores.float()
+            total = F.cross_entropy(logits / self.temperature, t, ignore_index=self.ignore_index,
+                                    reduction="sum")
+            valid = (t != self.ignore_index).sum().clamp_min(1)
+            term = total / valid
+            loss = term if loss is None else loss + term
+        return loss / len(heads)
