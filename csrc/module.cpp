@@ -32,7 +32,8 @@ pybind11::dict build_info() {
   pybind11::list cpu_kernels, cuda_kernels;
   for (const char* op : {"vicreg_forward", "vicreg_backward", "barlow_twins_forward",
                          "barlow_twins_backward", "info_nce_lse", "info_nce_lse_backward",
-                         "info_nce_self_lse", "info_nce_self_lse_backward"}) {
+                         "info_nce_self_lse", "info_nce_self_lse_backward",
+                         "cosine_similarity_rows", "cosine_similarity_rows_backward"}) {
     cpu_kernels.append(op);
 #ifdef WITH_CUDA
     cuda_kernels.append(op);

@@ -6,7 +6,8 @@ compiled ops, which is what makes torch.compile(fullgraph=True) and torch.librar
 from .vicreg import VICRegTerms, resolve_route, vicreg_terms
 from .barlow_twins import BarlowTwinsTerms, barlow_twins_terms
 from .info_nce import logsumexp_logits, logsumexp_self_logits
+from .negative_cosine import cosine_similarity_rows
 
 __all__ = ["VICRegTerms", "vicreg_terms", "BarlowTwinsTerms", "barlow_twins_terms",
            "resolve_route", "logsumexp_logits",
-           "logsumexp_self_logits"]
+           "logsumexp_self_logits", "cosine_similarity_rows"]

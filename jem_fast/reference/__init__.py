@@ -6,6 +6,10 @@ benchmark dtype, eager and under torch.compile). Deliberately unoptimized.
 from .vicreg import vicreg_loss_reference, vicreg_terms_reference
 from .barlow_twins import barlow_twins_loss_reference, barlow_twins_terms_reference
 from .info_nce import info_nce_loss_reference, ntxent_loss_reference
+from .negative_cosine import (byol_loss_reference, negative_cosine_reference,
+                              symmetric_negative_cosine_reference)
 
 __all__ = ["vicreg_loss_reference", "vicreg_terms_reference", "barlow_twins_loss_reference",
-           "barlow_twins_terms_reference", "ntxent_loss_reference", "info_nce_loss_reference"]
+           "barlow_twins_terms_reference", "ntxent_loss_reference", "info_nce_loss_reference",
+           "negative_cosine_reference", "symmetric_negative_cosine_reference",
+           "byol_loss_reference"]
