@@ -36,7 +36,8 @@ pybind11::dict build_info() {
                          "sinkhorn_knopp", "sinkhorn_column_stats", "sinkhorn_row_potential",
                          "sinkhorn_plan", "multiview_cross_entropy",
                          "multiview_cross_entropy_backward", "centered_softmax",
-                         "assign_to_centroids"}) {
+                         "assign_to_centroids", "cosine_similarity_rows",
+                         "cosine_similarity_rows_backward"}) {
     cpu_kernels.append(op);
 #ifdef WITH_CUDA
     cuda_kernels.append(op);

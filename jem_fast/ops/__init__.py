@@ -9,7 +9,9 @@ from .info_nce import logsumexp_logits, logsumexp_self_logits
 from .sinkhorn_knopp import sinkhorn_knopp
 from .multiview_cross_entropy import centered_softmax, multiview_cross_entropy
 from .assign_to_centroids import assign_to_centroids
+from .negative_cosine import cosine_similarity_rows
 
 __all__ = ["VICRegTerms", "vicreg_terms", "BarlowTwinsTerms", "barlow_twins_terms",
            "resolve_route", "logsumexp_logits", "logsumexp_self_logits", "sinkhorn_knopp",
-           "multiview_cross_entropy", "centered_softmax", "assign_to_centroids"]
+           "multiview_cross_entropy", "centered_softmax", "assign_to_centroids",
+           "cosine_similarity_rows"]

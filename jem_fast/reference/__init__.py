@@ -10,10 +10,13 @@ from .clustering import (dino_loss_reference, sinkhorn_knopp_log_reference,
                          sinkhorn_knopp_reference, swav_loss_reference)
 from .deepcluster import assign_to_centroids_reference, deepcluster_v2_loss_reference
 from .wmse import norm_mse_reference, whiten_reference, wmse_loss_reference
+from .negative_cosine import (byol_loss_reference, negative_cosine_reference,
+                              symmetric_negative_cosine_reference)
 
 __all__ = ["vicreg_loss_reference", "vicreg_terms_reference", "barlow_twins_loss_reference",
            "barlow_twins_terms_reference", "ntxent_loss_reference", "info_nce_loss_reference",
            "sinkhorn_knopp_reference", "sinkhorn_knopp_log_reference", "swav_loss_reference",
            "dino_loss_reference", "assign_to_centroids_reference",
            "deepcluster_v2_loss_reference", "norm_mse_reference", "whiten_reference",
-           "wmse_loss_reference"]
+           "wmse_loss_reference", "negative_cosine_reference",
+           "symmetric_negative_cosine_reference", "byol_loss_reference"]
