@@ -98,6 +98,10 @@ def make_extension():
     debug = _flag("DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx_flags = opt + ["-fvisibility=hidden"]  # the C++ standard is the one torch asks for
+    # GCC only turns the selects of the branch-free exp (cpu_math.h) and of max reductions into
+    # vector blends when FP traps need not be preserved; without this every CPU kernel loop
+    # stayed scalar. Values are unchanged (no reassociation, no fast-math).
+    cxx_flags.append("-fno-trapping-math")
     link_flags = []
     if sys.platform.startswith("linux"):
         # Without OpenMP, ATen's at::parallel_for in our CPU kernels runs on one thread; with it

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU machine (its own python3 with a CUDA torch, nvcc, pytest):
-# build for sm_90, run the CUDA tests and the suite, run the GPU benchmark grids, and leave at most
-# 8 files in OUT_DIR (the device tool brings back 8): machine.txt, build.log, tests.log,
-# bench.txt and the two benchmarks' JSON + CSV.
+# build for sm_90, run the CUDA tests and the suite, run the GPU benchmark grids, and leave few
+# files in OUT_DIR (the device tool brings back a handful): machine.txt, build.log, tests.log,
+# bench.txt and results.tar.gz (every benchmark's JSON + CSV).
 #   bash scripts/gpu_check.sh OUT_DIR
 set -uo pipefail
 OUT=${1:?usage: gpu_check.sh OUT_DIR}
@@ -26,7 +26,10 @@ echo "== tests (CUDA ones first, then everything)"
 } > "$OUT/tests.log" 2>&1
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -4
 echo "== benchmarks"
+RES=$(mktemp -d)
 {
-  $PY -m benchmarks.bench_covariance --device cuda --out "$OUT"
-  $PY -m benchmarks.bench_info_nce --device cuda --out "$OUT"
-} 2>&1 | tee "$OUT/bench.txt" | grep -vE "^\[" | tail -60
+  for b in $(ls benchmarks/bench_*.py | xargs -n1 basename | sed 's/\.py$//'); do
+    $PY -m benchmarks.$b --device cuda --out "$RES"
+  done
+} 2>&1 | tee "$OUT/bench.txt" | grep -vE "^\[" | tail -80
+tar -czf "$OUT/results.tar.gz" -C "$RES" .

@@ -58,24 +58,41 @@ JEM_CPU_MULTIVERSION void column_block_stats(const T* S, int64_t B, int64_t K, i
 
 template <typename T>
 JEM_CPU_MULTIVERSION T row_max(const T* s, int64_t K, T scale, const T* g) {
+  T lanes[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<T>::infinity();
+  int64_t k = 0;
+  for (; k + kLanes <= K; k += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const T x = scale * s[k + l] + g[k + l];
+      lanes[l] = x > lanes[l] ? x : lanes[l];
+    }
+  }
   T m = -std::numeric_limits<T>::infinity();
-  for (int64_t k = 0; k < K; ++k) {
+  for (; k < K; ++k) {
     const T x = scale * s[k] + g[k];
     m = x > m ? x : m;
   }
+  for (int64_t l = 0; l < kLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
   return m;
 }
 
-// Summed in T within blocks of 1024 (vector-friendly), folded into double.
 template <typename T>
 JEM_CPU_MULTIVERSION double row_sum_exp(const T* s, int64_t K, T scale, const T* g, T shift) {
   double total = 0.0;
-  for (int64_t k0 = 0; k0 < K; k0 += 1024) {
-    const int64_t k1 = std::min(K, k0 + 1024);
-    T part = 0;
-    for (int64_t k = k0; k < k1; ++k) part += exp_vectorizable(scale * s[k] + g[k] - shift);
-    total += static_cast<double>(part);
+  T lanes[kLanes] = {};
+  int64_t k = 0;
+  for (int64_t n = 0; k + kLanes <= K; k += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += exp_vectorizable(scale * s[k + l] + g[k + l] - shift);
+    if ((n += kLanes) == kFoldBlock) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        total += static_cast<double>(lanes[l]);
+        lanes[l] = 0;
+      }
+      n = 0;
+    }
   }
+  for (; k < K; ++k) total += static_cast<double>(exp_vectorizable(scale * s[k] + g[k] - shift));
+  for (int64_t l = 0; l < kLanes; ++l) total += static_cast<double>(lanes[l]);
   return total;
 }
 

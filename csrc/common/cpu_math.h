@@ -31,4 +31,11 @@ inline float exp_vectorizable(float x) {
 
 inline double exp_vectorizable(double x) { return std::exp(x); }
 
+// Reductions in the CPU kernels keep kLanes independent partial results (a fixed-size inner
+// loop over lanes): GCC vectorizes that without -fassociative-math, so values stay
+// deterministic and the compiler flags stay IEEE. Partial sums are folded into double every
+// kFoldBlock elements.
+constexpr int64_t kLanes = 16;
+constexpr int64_t kFoldBlock = 1024;
+
 }  // namespace jem_fast

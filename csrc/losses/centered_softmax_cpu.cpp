@@ -17,13 +17,24 @@ namespace centered_softmax {
 
 namespace {
 
+// Reductions keep kLanes partial results (see cpu_math.h) so they vectorize.
 template <typename I, typename A>
 JEM_CPU_MULTIVERSION A centered_max(const I* x, const A* c, int64_t K) {
+  A lanes[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<A>::infinity();
+  int64_t k = 0;
+  for (; k + kLanes <= K; k += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const A v = static_cast<A>(x[k + l]) - (c ? c[k + l] : A(0));
+      lanes[l] = v > lanes[l] ? v : lanes[l];
+    }
+  }
   A m = -std::numeric_limits<A>::infinity();
-  for (int64_t k = 0; k < K; ++k) {
+  for (; k < K; ++k) {
     const A v = static_cast<A>(x[k]) - (c ? c[k] : A(0));
     m = v > m ? v : m;
   }
+  for (int64_t l = 0; l < kLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
   return m;
 }
 
@@ -31,14 +42,25 @@ template <typename I, typename A>
 JEM_CPU_MULTIVERSION double centered_exp_sum(const I* x, const A* c, int64_t K, A scale,
                                              A shift) {
   double total = 0.0;
-  for (int64_t k0 = 0; k0 < K; k0 += 1024) {
-    const int64_t k1 = std::min(K, k0 + 1024);
-    A part = 0;
-    for (int64_t k = k0; k < k1; ++k) {
-      part += exp_vectorizable(scale * (static_cast<A>(x[k]) - (c ? c[k] : A(0))) - shift);
+  A lanes[kLanes] = {};
+  int64_t k = 0;
+  for (int64_t n = 0; k + kLanes <= K; k += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      lanes[l] += exp_vectorizable(scale * (static_cast<A>(x[k + l]) - (c ? c[k + l] : A(0))) - shift);
     }
-    total += static_cast<double>(part);
+    if ((n += kLanes) == kFoldBlock) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        total += static_cast<double>(lanes[l]);
+        lanes[l] = 0;
+      }
+      n = 0;
+    }
   }
+  for (; k < K; ++k) {
+    total += static_cast<double>(
+        exp_vectorizable(scale * (static_cast<A>(x[k]) - (c ? c[k] : A(0))) - shift));
+  }
+  for (int64_t l = 0; l < kLanes; ++l) total += static_cast<double>(lanes[l]);
   return total;
 }
 

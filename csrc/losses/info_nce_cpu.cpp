@@ -15,24 +15,39 @@ namespace info_nce {
 
 namespace {
 
+// Reductions keep kLanes partial results (see cpu_math.h) so they vectorize.
 template <typename T>
 JEM_CPU_MULTIVERSION T range_max(const T* s, int64_t begin, int64_t end) {
+  T lanes[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<T>::infinity();
+  int64_t j = begin;
+  for (; j + kLanes <= end; j += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = s[j + l] > lanes[l] ? s[j + l] : lanes[l];
+  }
   T m = -std::numeric_limits<T>::infinity();
-  for (int64_t j = begin; j < end; ++j) m = s[j] > m ? s[j] : m;
+  for (; j < end; ++j) m = s[j] > m ? s[j] : m;
+  for (int64_t l = 0; l < kLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
   return m;
 }
 
-// Summed in T within blocks of 1024 (vector-friendly), folded into double.
 template <typename T>
 JEM_CPU_MULTIVERSION double range_sum_exp(const T* s, int64_t begin, int64_t end, T scale,
                                           T shift) {
   double total = 0.0;
-  for (int64_t j0 = begin; j0 < end; j0 += 1024) {
-    const int64_t j1 = std::min(end, j0 + 1024);
-    T part = 0;
-    for (int64_t j = j0; j < j1; ++j) part += exp_vectorizable(scale * s[j] - shift);
-    total += static_cast<double>(part);
+  T lanes[kLanes] = {};
+  int64_t j = begin;
+  for (int64_t n = 0; j + kLanes <= end; j += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += exp_vectorizable(scale * s[j + l] - shift);
+    if ((n += kLanes) == kFoldBlock) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        total += static_cast<double>(lanes[l]);
+        lanes[l] = 0;
+      }
+      n = 0;
+    }
   }
+  for (; j < end; ++j) total += static_cast<double>(exp_vectorizable(scale * s[j] - shift));
+  for (int64_t l = 0; l < kLanes; ++l) total += static_cast<double>(lanes[l]);
   return total;
 }
 

@@ -19,17 +19,24 @@ namespace multiview_ce {
 
 namespace {
 
-constexpr int64_t kBlock = 1024;
-
+// Every reduction keeps kLanes partial results (see cpu_math.h) so it vectorizes.
 template <typename A>
 JEM_CPU_MULTIVERSION double sum_row(const A* y, int64_t K) {
   double total = 0.0;
-  for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
-    const int64_t k1 = std::min(K, k0 + kBlock);
-    A part = 0;
-    for (int64_t k = k0; k < k1; ++k) part += y[k];
-    total += static_cast<double>(part);
+  A lanes[kLanes] = {};
+  int64_t k = 0;
+  for (int64_t n = 0; k + kLanes <= K; k += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += y[k + l];
+    if ((n += kLanes) == kFoldBlock) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        total += static_cast<double>(lanes[l]);
+        lanes[l] = 0;
+      }
+      n = 0;
+    }
   }
+  for (; k < K; ++k) total += static_cast<double>(y[k]);
+  for (int64_t l = 0; l < kLanes; ++l) total += static_cast<double>(lanes[l]);
   return total;
 }
 
@@ -40,29 +47,55 @@ JEM_CPU_MULTIVERSION void add_into(A* acc, const A* y, int64_t K) {
 
 template <typename I, typename A>
 JEM_CPU_MULTIVERSION A max_row(const I* x, int64_t K) {
+  A lanes[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<A>::infinity();
+  int64_t k = 0;
+  for (; k + kLanes <= K; k += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const A v = static_cast<A>(x[k + l]);
+      lanes[l] = v > lanes[l] ? v : lanes[l];
+    }
+  }
   A m = -std::numeric_limits<A>::infinity();
-  for (int64_t k = 0; k < K; ++k) {
+  for (; k < K; ++k) {
     const A v = static_cast<A>(x[k]);
     m = v > m ? v : m;
   }
+  for (int64_t l = 0; l < kLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
   return m;
 }
 
-// sum_k exp(scale x_k - shift) and sum_k y_k x_k, blocked sums folded into double.
+// sum_k exp(scale x_k - shift) and sum_k y_k x_k.
 template <typename I, typename A>
 JEM_CPU_MULTIVERSION void exp_sum_and_dot(const I* x, const A* y, int64_t K, A scale, A shift,
                                           double* exp_sum, double* dot) {
   double es = 0.0, d = 0.0;
-  for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
-    const int64_t k1 = std::min(K, k0 + kBlock);
-    A pe = 0, pd = 0;
-    for (int64_t k = k0; k < k1; ++k) {
-      const A v = static_cast<A>(x[k]);
-      pe += exp_vectorizable(scale * v - shift);
-      pd += y[k] * v;
+  A le[kLanes] = {}, ld[kLanes] = {};
+  int64_t k = 0;
+  for (int64_t n = 0; k + kLanes <= K; k += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const A v = static_cast<A>(x[k + l]);
+      le[l] += exp_vectorizable(scale * v - shift);
+      ld[l] += y[k + l] * v;
     }
-    es += static_cast<double>(pe);
-    d += static_cast<double>(pd);
+    if ((n += kLanes) == kFoldBlock) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        es += static_cast<double>(le[l]);
+        d += static_cast<double>(ld[l]);
+        le[l] = 0;
+        ld[l] = 0;
+      }
+      n = 0;
+    }
+  }
+  for (; k < K; ++k) {
+    const A v = static_cast<A>(x[k]);
+    es += static_cast<double>(exp_vectorizable(scale * v - shift));
+    d += static_cast<double>(y[k] * v);
+  }
+  for (int64_t l = 0; l < kLanes; ++l) {
+    es += static_cast<double>(le[l]);
+    d += static_cast<double>(ld[l]);
   }
   *exp_sum = es;
   *dot = d;
@@ -71,12 +104,20 @@ JEM_CPU_MULTIVERSION void exp_sum_and_dot(const I* x, const A* y, int64_t K, A s
 template <typename I, typename A>
 JEM_CPU_MULTIVERSION double dot_row(const I* x, const A* y, int64_t K) {
   double d = 0.0;
-  for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
-    const int64_t k1 = std::min(K, k0 + kBlock);
-    A pd = 0;
-    for (int64_t k = k0; k < k1; ++k) pd += y[k] * static_cast<A>(x[k]);
-    d += static_cast<double>(pd);
+  A lanes[kLanes] = {};
+  int64_t k = 0;
+  for (int64_t n = 0; k + kLanes <= K; k += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += y[k + l] * static_cast<A>(x[k + l]);
+    if ((n += kLanes) == kFoldBlock) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        d += static_cast<double>(lanes[l]);
+        lanes[l] = 0;
+      }
+      n = 0;
+    }
   }
+  for (; k < K; ++k) d += static_cast<double>(y[k] * static_cast<A>(x[k]));
+  for (int64_t l = 0; l < kLanes; ++l) d += static_cast<double>(lanes[l]);
   return d;
 }
 

@@ -27,10 +27,12 @@ struct PtrArray {
   P p[kMaxViews];
 };
 
-__device__ __forceinline__ float fast_exp(float x) { return __expf(x); }
-__device__ __forceinline__ double fast_exp(double x) { return exp(x); }
-__device__ __forceinline__ float fast_log(float x) { return __logf(x); }
-__device__ __forceinline__ double fast_log(double x) { return log(x); }
+// expf, not __expf: its error grows with |x| (~1e-5 relative at |x| ~ 80) and these kernels
+// are memory bound, so the accurate version costs nothing measurable.
+__device__ __forceinline__ float acc_exp(float x) { return expf(x); }
+__device__ __forceinline__ double acc_exp(double x) { return exp(x); }
+__device__ __forceinline__ float acc_log(float x) { return logf(x); }
+__device__ __forceinline__ double acc_log(double x) { return log(x); }
 
 template <typename A>
 __device__ __forceinline__ void merge_lse(A& m, A& s, A m2, A s2) {
@@ -41,10 +43,10 @@ __device__ __forceinline__ void merge_lse(A& m, A& s, A m2, A s2) {
     return;
   }
   if (m2 > m) {
-    s = s * fast_exp(m - m2) + s2;
+    s = s * acc_exp(m - m2) + s2;
     m = m2;
   } else {
-    s += s2 * fast_exp(m2 - m);
+    s += s2 * acc_exp(m2 - m);
   }
 }
 
@@ -71,7 +73,7 @@ __device__ void block_merge_lse(A& m, A& s, A* shared_m, A* shared_s) {
 }
 
 template <typename A>
-__device__ void stage_targets(const PtrArray<const A>& targets, int T, int64_t row_offset,
+__device__ void stage_targets(const PtrArray<const A*>& targets, int T, int64_t row_offset,
                               int64_t n, int64_t chunk, A* ys, A* y_all) {
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
     A sum = 0;
@@ -87,7 +89,7 @@ __device__ void stage_targets(const PtrArray<const A>& targets, int T, int64_t r
 
 // partial layout: [V * B * splits * 3] (max, sum-exp, dot) then [T * B * splits] target mass.
 template <typename I, typename A>
-__global__ void forward_partial_kernel(PtrArray<const A> targets, PtrArray<const I> logits, int T,
+__global__ void forward_partial_kernel(PtrArray<const A*> targets, PtrArray<const I*> logits, int T,
                                        int V, int64_t B, int64_t K, A scale, int64_t chunk,
                                        A* __restrict__ partial) {
   extern __shared__ unsigned char smem_raw[];
@@ -114,10 +116,10 @@ __global__ void forward_partial_kernel(PtrArray<const A> targets, PtrArray<const
       const A xv = load_acc(x + j);
       const A z = scale * xv;
       if (z > m) {
-        s = s * fast_exp(m - z) + A(1);
+        s = s * acc_exp(m - z) + A(1);
         m = z;
       } else {
-        s += fast_exp(z - m);
+        s += acc_exp(z - m);
       }
       d += (y_self ? y_all[j] - y_self[j] : y_all[j]) * xv;
     }
@@ -152,7 +154,7 @@ __global__ void forward_merge_kernel(const A* __restrict__ partial, int T, int V
       if (t == v) continue;
       for (int64_t sp = 0; sp < splits; ++sp) w += mass_part[(t * B + b) * splits + sp];
     }
-    const A l = m + fast_log(s);
+    const A l = m + acc_log(s);
     lse[i] = l;
     contribution[i] = w * l - scale * d;
   } else if (i < static_cast<int64_t>(V + T) * B) {
@@ -164,10 +166,10 @@ __global__ void forward_merge_kernel(const A* __restrict__ partial, int T, int V
 }
 
 template <typename I, typename A>
-__global__ void backward_kernel(PtrArray<const A> targets, PtrArray<const I> logits, int T, int V,
+__global__ void backward_kernel(PtrArray<const A*> targets, PtrArray<const I*> logits, int T, int V,
                                 int64_t B, int64_t K, A scale, int64_t chunk,
                                 const A* __restrict__ lse, const A* __restrict__ mass,
-                                const A* __restrict__ coef_ptr, PtrArray<I> grads) {
+                                const A* __restrict__ coef_ptr, PtrArray<I*> grads) {
   extern __shared__ unsigned char smem_raw[];
   A* ys = reinterpret_cast<A*>(smem_raw);
   A* y_all = ys + T * chunk;
@@ -186,7 +188,7 @@ __global__ void backward_kernel(PtrArray<const A> targets, PtrArray<const I> log
     const A w = v < T ? total_mass - mass[v * B + b] : total_mass;
     const A l = lse[static_cast<int64_t>(v) * B + b];
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-      const A p = fast_exp(scale * load_acc(x + j) - l);
+      const A p = acc_exp(scale * load_acc(x + j) - l);
       const A y = y_self ? y_all[j] - y_self[j] : y_all[j];
       g[j] = cuda::store_cast<I>(static_cast<double>(coef * (w * p - y)));
     }
