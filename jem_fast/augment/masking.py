@@ -121,40 +121,53 @@ def _beit_block_masks(target: torch.Tensor, height: int, width: int, min_area: f
     `draw(step)` returns (B, 4) uniforms in [0, 1): step k serves every sample's k-th attempt.
     """
     batch = target.shape[0]
-    mask = torch.zeros(batch, height, width, dtype=torch.bool)
-    count = torch.zeros(batch, dtype=torch.float64)
-    failed = torch.zeros(batch, dtype=torch.int64)       # failed attempts in the current round
-    active = count < target
-    rows = torch.arange(height).view(1, height, 1)
-    cols = torch.arange(width).view(1, 1, width)
+    out = torch.zeros(batch, height, width, dtype=torch.bool)
+    # State of the still-active samples only, compacted whenever some finish, so a step costs
+    # a fixed handful of small ops on the shrinking active set. The unmasked patches are kept
+    # as a uint8 `free` map and the counts as float64: PyTorch's broadcasting bool kernels and
+    # bool sums are several times slower than uint8 products and sums on these small tensors.
+    ids = (target > 0).nonzero().squeeze(1)
+    tgt = target[ids]
+    n = ids.numel()
+    free = torch.ones(n, height, width, dtype=torch.uint8)
+    count = torch.zeros(n, dtype=torch.float64)
+    failed = torch.zeros(n, dtype=torch.float64)          # failed attempts in the current round
+    rows = torch.arange(height, dtype=torch.float64)
+    cols = torch.arange(width, dtype=torch.float64)
     lo, hi = log_aspect
     step = 0
-    idx = active.nonzero().squeeze(1)
-    while idx.numel() > 0:
-        # Only the still-active samples are computed (the batch shrinks as samples finish), but
-        # every sample's uniforms are drawn each step so sample b's k-th attempt reads row b.
-        u = draw(step)[idx]
-        budget = torch.clamp(target[idx] - count[idx], max=max_area)
-        area = min_area + (budget - min_area) * u[:, 0]
-        aspect = torch.exp(lo + (hi - lo) * u[:, 1])
-        h = torch.round(torch.sqrt(area * aspect)).long()   # round half to even, as Python's
-        w = torch.round(torch.sqrt(area / aspect)).long()
+    while n > 0:
+        # every sample's uniforms are drawn each step, so sample b's k-th attempt reads row b
+        u = draw(step)
+        u = (u[ids] if n < batch else u).t()
+        budget = (tgt - count).clamp_(max=max_area)
+        area = (budget - min_area).mul_(u[0]).add_(min_area)
+        aspect = torch.exp(u[1] * (hi - lo) + lo)
+        h = torch.sqrt(area * aspect).round_()              # round half to even, as Python's
+        w = torch.sqrt(area.div_(aspect)).round_()
         fits = (h < height) & (w < width)
-        top = torch.floor(u[:, 2] * (height - h + 1)).long()
-        left = torch.floor(u[:, 3] * (width - w + 1)).long()
-        top3, left3 = top.view(-1, 1, 1), left.view(-1, 1, 1)
-        block = ((rows >= top3) & (rows < top3 + h.view(-1, 1, 1))
-                 & (cols >= left3) & (cols < left3 + w.view(-1, 1, 1)))
-        sub = mask[idx]
-        new = (block & ~sub).sum((1, 2))
-        accept = fits & (new > 0) & (new <= budget)
-        mask[idx] = sub | (block & accept.view(-1, 1, 1))
-        count[idx] += new * accept
-        failed[idx] = torch.where(accept, torch.zeros_like(new), failed[idx] + 1)
-        done = torch.where(accept, count[idx] >= target[idx], failed[idx] >= _BEIT_ATTEMPTS)
-        idx = idx[~done]
+        top = torch.floor(u[2] * (height + 1 - h))
+        left = torch.floor(u[3] * (width + 1 - w))
+        in_rows = ((rows >= top[:, None]) & (rows < (top + h)[:, None])).to(torch.uint8)
+        in_cols = ((cols >= left[:, None]) & (cols < (left + w)[:, None])).to(torch.uint8)
+        new_patches = (in_rows[:, :, None] * in_cols[:, None, :]).mul_(free)
+        new = new_patches.sum((1, 2), dtype=torch.int32).double()
+        accept = fits.logical_and_(new > 0).logical_and_(new <= budget)
+        acc = accept.double()
+        free -= new_patches.mul_(accept.to(torch.uint8)[:, None, None])
+        count += new * acc
+        failed = (failed + 1) * (1 - acc)
+        # a rejected attempt leaves count < tgt; an accepted one resets failed to 0
+        done = (count >= tgt) | (failed >= _BEIT_ATTEMPTS)
+        if bool(done.any()):
+            fin = done.nonzero().squeeze(1)
+            out[ids[fin]] = free[fin] == 0
+            keep = (~done).nonzero().squeeze(1)
+            ids, tgt, free, count, failed = ids[keep], tgt[keep], free[keep], count[keep], \
+                failed[keep]
+            n = ids.numel()
         step += 1
-    return mask
+    return out
 
 
 def _beit_args(min_num_patches, max_num_patches, min_aspect, max_aspect):
