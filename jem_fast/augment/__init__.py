@@ -1,0 +1,1 @@
+"""jem_fast.augment: batched augmentation and masking (placeholder, replaced at merge)."""
