@@ -161,8 +161,8 @@ class MultiViewAugment(torch.nn.Module):
 
     def forward(self, images: Images, *, seed: Optional[int] = None, step: Optional[int] = None,
                 index_offset: int = 0, return_params: bool = False):
+        F = _functional()  # first: a missing kernel must not advance self.step
         params = self.sample_params(images, seed=seed, step=step, index_offset=index_offset)
-        F = _functional()
         views = [F.augment(images, p, cfg.size, interpolation=cfg.interpolation, mean=cfg.mean,
                            std=cfg.std, dtype=self.dtype, channels_last=self.channels_last,
                            blur_kernel_size=cfg.blur_kernel_size, blur_padding=cfg.blur_padding,
