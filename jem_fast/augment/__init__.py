@@ -23,7 +23,15 @@ def __getattr__(name):
     # Imported on first use: the kernel's entry point loads the compiled op and the presets only
     # need it at call time, so `import jem_fast.augment` stays cheap and never cycles.
     if name in _LAZY:
-        return importlib.import_module(f".{name}", __name__)
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            # Only a missing submodule becomes AttributeError (what getattr/hasattr expect);
+            # an import error inside it propagates.
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r} "
+                                 f"({e.name} is not available)") from e
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -28,12 +28,13 @@ Block ids (one Philox call gives four words; two words make one 53-bit uniform):
 
 New parameters must take new block ids so that existing ones keep their values.
 
-Bit-identical CPU/CUDA results also need every floating-point step to be correctly rounded on both
-devices. Only +, -, *, sqrt, floor, round and tensor/tensor division are used (IEEE-exact in
-both ATen backends); torch.exp is not (CUDA's is not correctly rounded), so exp(log_ratio) uses the
-polynomial `_exp` below, and division by a Python scalar is avoided (ATen's CUDA kernel turns it into
-a multiplication by the reciprocal). This module imports nothing from the compiled extension, so it
-can be loaded by path in an environment where jem_fast is not built.
+Bit-identical CPU/CUDA results also need every floating-point step to be correctly rounded on
+both devices. Only +, -, *, sqrt, floor, round and tensor/tensor division are used (IEEE-exact
+in both ATen backends, each op its own kernel so nothing is contracted into an FMA); torch.exp
+is not (CUDA's is not correctly rounded), so exp(log_ratio) uses the polynomial `_exp` below,
+and division by a Python scalar is avoided (ATen's CUDA kernel turns it into a multiplication by
+the reciprocal). This module imports nothing from the compiled extension, so it can be loaded by
+path in an environment where jem_fast is not built.
 """
 from __future__ import annotations
 
@@ -469,7 +470,8 @@ def _group_params(words: Words, height: torch.Tensor, width: torch.Tensor,
 
 def sample_views_params(image_sizes: SizesLike, seed: int, configs: Sequence[ViewConfig],
                         device: Union[str, torch.device, None] = None, *,
-                        view_indices: Optional[Sequence[int]] = None, batch_size: Optional[int] = None,
+                        view_indices: Optional[Sequence[int]] = None,
+                        batch_size: Optional[int] = None,
                         index_offset: int = 0) -> List[Dict[str, torch.Tensor]]:
     """Parameters of several views of one batch: one params dict per config.
 
