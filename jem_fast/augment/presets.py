@@ -43,7 +43,11 @@ def simclr_blur_kernel_size(size: int) -> int:
 def _functional():
     # Resolved at call time: the kernel module is written separately, and tests swap it for a
     # recording fake by setting the package attribute.
-    from . import functional
+    try:
+        from . import functional
+    except ImportError as e:
+        raise ImportError("the augmentation presets need jem_fast.augment.functional (the fused "
+                          f"kernel's entry point), which could not be imported: {e}") from e
     return functional
 
 
