@@ -259,7 +259,8 @@ def test_dino_matches_lightly():
         b = theirs(teacher, student, epoch=step)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         for ga, gb in zip(grads(a, student), grads(b, student)):
-            torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-7)
+            # float32 softmax of logits ~|s| / 0.1 ~ 60 on both sides: ~1e-5 of the largest entry
+            torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5 * gb.abs().max().item())
         torch.testing.assert_close(mine.center, theirs.center)
         assert mine.state_dict().keys() == theirs.state_dict().keys()
 

@@ -7,6 +7,7 @@
 
 #include "cluster/sinkhorn_knopp_kernels.h"
 #include "common/cuda_utils.cuh"
+#include "common/online_lse.cuh"
 
 namespace jem_fast {
 namespace sinkhorn {
@@ -15,72 +16,18 @@ namespace {
 
 using cuda::acc_t;
 using cuda::ceil_div;
+using cuda::acc_exp;
+using cuda::acc_log;
+using cuda::add_lse;
+using cuda::block_merge_lse;
 using cuda::load_acc;
+using cuda::merge_lse;
 
 constexpr int kColumnThreads = 256;
 constexpr int kRowThreads = 256;
 // Enough column-step blocks to fill an H100/H200 (132 SMs) a few times over.
 constexpr int64_t kTargetBlocks = 132 * 4;
 constexpr int64_t kMinRowsPerSlice = 16;
-
-// expf, not __expf: its error grows with |x| (~1e-5 relative at |x| ~ 80) and these kernels
-// are memory bound, so the accurate version costs nothing measurable.
-__device__ __forceinline__ float acc_exp(float x) { return expf(x); }
-__device__ __forceinline__ double acc_exp(double x) { return exp(x); }
-__device__ __forceinline__ float acc_log(float x) { return logf(x); }
-__device__ __forceinline__ double acc_log(double x) { return log(x); }
-
-// (m, s) represents s * exp(m); merging two keeps the larger shift. Empty pairs are (-inf, 0).
-template <typename A>
-__device__ __forceinline__ void merge_lse(A& m, A& s, A m2, A s2) {
-  if (s2 == A(0)) return;
-  if (s == A(0)) {
-    m = m2;
-    s = s2;
-    return;
-  }
-  if (m2 > m) {
-    s = s * acc_exp(m - m2) + s2;
-    m = m2;
-  } else {
-    s += s2 * acc_exp(m2 - m);
-  }
-}
-
-template <typename A>
-__device__ __forceinline__ void add_lse(A& m, A& s, A x) {
-  if (x > m) {
-    s = s * acc_exp(m - x) + A(1);
-    m = x;
-  } else {
-    s += acc_exp(x - m);
-  }
-}
-
-template <typename A>
-__device__ void block_merge_lse(A& m, A& s, A* shared_m, A* shared_s) {
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const A m2 = __shfl_down_sync(0xffffffffu, m, offset);
-    const A s2 = __shfl_down_sync(0xffffffffu, s, offset);
-    merge_lse(m, s, m2, s2);
-  }
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (lane == 0) {
-    shared_m[warp] = m;
-    shared_s[warp] = s;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    const int nwarps = blockDim.x >> 5;
-    m = lane < nwarps ? shared_m[lane] : -INFINITY;
-    s = lane < nwarps ? shared_s[lane] : A(0);
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const A m2 = __shfl_down_sync(0xffffffffu, m, offset);
-      const A s2 = __shfl_down_sync(0xffffffffu, s, offset);
-      merge_lse(m, s, m2, s2);
-    }
-  }
-}
 
 int64_t row_slices(int64_t B, int64_t K) {
   const int64_t column_blocks = ceil_div(K, kColumnThreads);

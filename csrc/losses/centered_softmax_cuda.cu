@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/cuda_utils.cuh"
+#include "common/online_lse.cuh"
 #include "losses/centered_softmax_kernels.h"
 
 namespace jem_fast {
@@ -11,28 +12,13 @@ namespace centered_softmax {
 namespace {
 
 using cuda::acc_t;
+using cuda::acc_exp;
+using cuda::acc_log;
+using cuda::add_lse;
+using cuda::block_merge_lse;
 using cuda::load_acc;
 
 constexpr int kThreads = 512;
-
-// expf, not __expf: its error grows with |x| (~1e-5 relative at |x| ~ 80) and these kernels
-// are memory bound, so the accurate version costs nothing measurable.
-__device__ __forceinline__ float acc_exp(float x) { return expf(x); }
-__device__ __forceinline__ double acc_exp(double x) { return exp(x); }
-
-template <typename A>
-__device__ __forceinline__ void merge_lse(A& m, A& s, A m2, A s2) {
-  if (s2 == A(0)) return;
-  if (s == A(0)) {
-    m = m2;
-    s = s2;
-  } else if (m2 > m) {
-    s = s * acc_exp(m - m2) + s2;
-    m = m2;
-  } else {
-    s += s2 * acc_exp(m2 - m);
-  }
-}
 
 template <typename I, typename A>
 __global__ void centered_softmax_kernel(const I* __restrict__ x, const A* __restrict__ center,
@@ -44,26 +30,10 @@ __global__ void centered_softmax_kernel(const I* __restrict__ x, const A* __rest
   A m = -INFINITY, s = 0;
   for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
     const A z = scale * (load_acc(row + k) - (center ? center[k] : A(0)));
-    merge_lse(m, s, z, A(1));
+    add_lse(m, s, z);
   }
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    merge_lse(m, s, __shfl_down_sync(0xffffffffu, m, offset), __shfl_down_sync(0xffffffffu, s, offset));
-  }
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (lane == 0) {
-    shared_m[warp] = m;
-    shared_s[warp] = s;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    const int nwarps = blockDim.x >> 5;
-    m = lane < nwarps ? shared_m[lane] : -INFINITY;
-    s = lane < nwarps ? shared_s[lane] : A(0);
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      merge_lse(m, s, __shfl_down_sync(0xffffffffu, m, offset), __shfl_down_sync(0xffffffffu, s, offset));
-    }
-    if (lane == 0) row_lse = m + log(s);
-  }
+  block_merge_lse(m, s, shared_m, shared_s);
+  if (threadIdx.x == 0) row_lse = m + acc_log(s);
   __syncthreads();
   const A lse = row_lse;
   A* o = out + b * K;

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "common/cuda_utils.cuh"
+#include "common/online_lse.cuh"
 #include "losses/multiview_cross_entropy_kernels.h"
 
 namespace jem_fast {
@@ -16,7 +17,12 @@ namespace {
 
 using cuda::acc_t;
 using cuda::ceil_div;
+using cuda::acc_exp;
+using cuda::acc_log;
+using cuda::add_lse;
+using cuda::block_merge_lse;
 using cuda::load_acc;
+using cuda::merge_lse;
 
 constexpr int kThreads = 256;
 // Bytes of one target row chunk in shared memory: T <= 8 chunks + their sum stay under 48 KiB.
@@ -26,51 +32,6 @@ template <typename P>
 struct PtrArray {
   P p[kMaxViews];
 };
-
-// expf, not __expf: its error grows with |x| (~1e-5 relative at |x| ~ 80) and these kernels
-// are memory bound, so the accurate version costs nothing measurable.
-__device__ __forceinline__ float acc_exp(float x) { return expf(x); }
-__device__ __forceinline__ double acc_exp(double x) { return exp(x); }
-__device__ __forceinline__ float acc_log(float x) { return logf(x); }
-__device__ __forceinline__ double acc_log(double x) { return log(x); }
-
-template <typename A>
-__device__ __forceinline__ void merge_lse(A& m, A& s, A m2, A s2) {
-  if (s2 == A(0)) return;
-  if (s == A(0)) {
-    m = m2;
-    s = s2;
-    return;
-  }
-  if (m2 > m) {
-    s = s * acc_exp(m - m2) + s2;
-    m = m2;
-  } else {
-    s += s2 * acc_exp(m2 - m);
-  }
-}
-
-// Result valid in thread 0.
-template <typename A>
-__device__ void block_merge_lse(A& m, A& s, A* shared_m, A* shared_s) {
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    merge_lse(m, s, __shfl_down_sync(0xffffffffu, m, offset), __shfl_down_sync(0xffffffffu, s, offset));
-  }
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (lane == 0) {
-    shared_m[warp] = m;
-    shared_s[warp] = s;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    const int nwarps = blockDim.x >> 5;
-    m = lane < nwarps ? shared_m[lane] : -INFINITY;
-    s = lane < nwarps ? shared_s[lane] : A(0);
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      merge_lse(m, s, __shfl_down_sync(0xffffffffu, m, offset), __shfl_down_sync(0xffffffffu, s, offset));
-    }
-  }
-}
 
 template <typename A>
 __device__ void stage_targets(const PtrArray<const A*>& targets, int T, int64_t row_offset,
@@ -114,13 +75,7 @@ __global__ void forward_partial_kernel(PtrArray<const A*> targets, PtrArray<cons
     A m = -INFINITY, s = 0, d = 0;
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
       const A xv = load_acc(x + j);
-      const A z = scale * xv;
-      if (z > m) {
-        s = s * acc_exp(m - z) + A(1);
-        m = z;
-      } else {
-        s += acc_exp(z - m);
-      }
+      add_lse(m, s, scale * xv);
       d += (y_self ? y_all[j] - y_self[j] : y_all[j]) * xv;
     }
     block_merge_lse(m, s, red_m, red_s);
