@@ -135,14 +135,10 @@ def make_extension():
                          extra_link_args=link_flags)
 
 
+# Name, version, dependencies and the jem-fast console script are in pyproject.toml ([project]).
 setup(
-    name="jem_fast",
-    version="0.1.0",
-    description="Fused losses and augmentation for joint-embedding self-supervised learning",
     packages=find_packages(include=["jem_fast", "jem_fast.*"]),
     ext_modules=[make_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.9",
-    install_requires=["torch>=2.11", "numpy"],
     zip_safe=False,
 )
