@@ -55,7 +55,7 @@ CASES = {
     ("cpu", "quick"): [
         case("simclr", 2048, 128),
         case("simclr", 8192, 128, impls=("jem_fast",), fwd=False, note=QUICK_JF_ONLY),
-        case("clip", 4096, 256, impls=("jem_fast", "eager"), note=QUICK_JF_ONLY.replace(
+        case("clip", 2048, 256, impls=("jem_fast", "eager"), note=QUICK_JF_ONLY.replace(
             "jem_fast only at this shape", "compile only for simclr")),
         case("moco", 256, 128, 65536, impls=("jem_fast", "eager"), note=QUICK_JF_ONLY.replace(
             "jem_fast only at this shape", "compile only for simclr")),

@@ -75,8 +75,9 @@ TIMING = {
 }
 
 # In --quick on CPU, torch.compile(reference) is only run where the eager reference's
-# forward+backward takes at most this long, to keep --quick under ~3 minutes on 2 cores.
-QUICK_COMPILE_MAX_EAGER_S = 3.0
+# forward+backward takes at most this long, to keep --quick (every family together, as
+# `jem-fast bench --quick` runs them) under 3 minutes on 2 cores; --full compiles everywhere.
+QUICK_COMPILE_MAX_EAGER_S = 0.5
 
 # A timing is flagged CONTENDED when other processes used more than this fraction of all CPUs
 # while it ran (from /proc/stat; on a 2-core machine one busy neighbour is 0.5).
