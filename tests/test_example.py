@@ -53,9 +53,24 @@ AUGMENT = ["torch", pytest.param("jem_fast", marks=pytest.mark.skipif(
     reason="jem_fast.augment.functional (the fused augmentation kernel) is not in this build"))]
 
 
+@pytest.fixture
+def example(monkeypatch):
+    """The example's main(argv), run in this process (no torch import per run); the thread
+    count it sets is restored afterwards."""
+    import importlib.util
+
+    import torch
+    threads = torch.get_num_threads()
+    spec = importlib.util.spec_from_file_location("pretrain_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module.main
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("augment", AUGMENT)
 @pytest.mark.parametrize("method", ["simclr", "dino"])
-def test_example_runs(method, augment):
+def test_example_runs_as_a_script(method, augment):
     out = _run([sys.executable, str(EXAMPLE), "--method", method, "--augment", augment,
                 "--device", "cpu", *TINY], timeout=240)
     _check_output(out, steps=3)
@@ -63,11 +78,11 @@ def test_example_runs(method, augment):
 
 
 @pytest.mark.parametrize("method", ["moco", "byol", "simsiam", "barlow", "vicreg", "swav"])
-def test_every_other_method_runs(method):
+def test_every_other_method_runs(method, example, capsys):
     augment = "jem_fast" if _fused_augment_available() else "torch"
-    out = _run([sys.executable, str(EXAMPLE), "--method", method, "--augment", augment,
-                "--device", "cpu", *TINY[:1], "2", *TINY[2:]], timeout=240)
-    _check_output(out, steps=2)
+    example(["--method", method, "--augment", augment, "--device", "cpu", *TINY[:1], "2",
+             *TINY[2:]])
+    _check_output(capsys.readouterr().out, steps=2)
 
 
 def test_example_reads_an_image_folder(tmp_path):
