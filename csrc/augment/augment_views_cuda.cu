@@ -1,6 +1,6 @@
 // CUDA kernels of jem_fast::augment_views. Raw pointers, CUDA headers only.
 //
-// Two launches per call, both over (tiles_x, tiles_y, B) blocks of 32 x 8 threads, each block
+// Two launches per call, both over (B x tiles_x, tiles_y) blocks of 32 x 8 threads, each block
 // owning a 32 x 16 output tile (two rows per thread):
 //
 //  1. resample_color_kernel: per tile, the antialiased separable resample of the clamped crop
@@ -100,7 +100,7 @@ __device__ __forceinline__ bool sample_is_direct(const Params& p, int64_t b,
 
 template <typename out_t>
 __global__ void __launch_bounds__(kTileW * kThreadsY)
-resample_color_kernel(Params p, const ImageDesc* __restrict__ images, Smem1 L,
+resample_color_kernel(Params p, const ImageDesc* __restrict__ images, Smem1 L, int tiles_x,
                       float* __restrict__ scratch, float* __restrict__ partials) {
   extern __shared__ float smem[];
   float* hw = smem + L.hw;
@@ -113,10 +113,12 @@ resample_color_kernel(Params p, const ImageDesc* __restrict__ images, Smem1 L,
   int* vn = vstart + kTileH;
   float* red = reinterpret_cast<float*>(vn + kTileH);
 
-  const int64_t b = blockIdx.z;
+  // The batch shares grid.x with the column tiles (grid.z would cap it at 65535 views).
+  const int64_t b = blockIdx.x / tiles_x;
+  const int tile_x = blockIdx.x % tiles_x;
   const int lx = threadIdx.x, ly = threadIdx.y;
   const int tid = ly * kTileW + lx;
-  const int64_t ox0 = int64_t(blockIdx.x) * kTileW, oy0 = int64_t(blockIdx.y) * kTileH;
+  const int64_t ox0 = int64_t(tile_x) * kTileW, oy0 = int64_t(blockIdx.y) * kTileH;
   const ImageDesc im = images[b];
   int64_t top, left, ch, cw;
   clamp_crop(p.crop + 4 * b, im.height, im.width, top, left, ch, cw);
@@ -211,7 +213,7 @@ resample_color_kernel(Params p, const ImageDesc* __restrict__ images, Smem1 L,
   }
   if (plan.has_contrast) {  // uniform per block: every thread reaches the reduction
     const float total = block_reduce_sum(gsum, red);
-    if (tid == 0) partials[b * gridDim.x * gridDim.y + blockIdx.y * gridDim.x + blockIdx.x] = total;
+    if (tid == 0) partials[(b * gridDim.y + blockIdx.y) * tiles_x + tile_x] = total;
   }
 }
 
@@ -236,10 +238,11 @@ Smem2 smem2_layout(int halo_cap) {
 
 template <typename out_t>
 __global__ void __launch_bounds__(kTileW * kThreadsY)
-finish_kernel(Params p, Smem2 L, const float* __restrict__ scratch,
+finish_kernel(Params p, Smem2 L, int tiles_x, const float* __restrict__ scratch,
               const float* __restrict__ partials) {
   extern __shared__ float smem[];
-  const int64_t b = blockIdx.z;
+  const int64_t b = blockIdx.x / tiles_x;
+  const int tile_x = blockIdx.x % tiles_x;
   const JitterPlan plan = make_plan(p, b);
   if (sample_is_direct(p, b, plan)) return;  // finished by kernel 1
 
@@ -250,12 +253,12 @@ finish_kernel(Params p, Smem2 L, const float* __restrict__ scratch,
   const int lx = threadIdx.x, ly = threadIdx.y;
   const int tid = ly * kTileW + lx;
   const int nthreads = kTileW * kThreadsY;
-  const int64_t ox0 = int64_t(blockIdx.x) * kTileW, oy0 = int64_t(blockIdx.y) * kTileH;
+  const int64_t ox0 = int64_t(tile_x) * kTileW, oy0 = int64_t(blockIdx.y) * kTileH;
   const int64_t H = p.out_h, W = p.out_w, plane = H * W;
 
   float mean = 0.0f;
   if (plan.has_contrast) {
-    const int ntiles = gridDim.x * gridDim.y;
+    const int ntiles = tiles_x * gridDim.y;
     float part = 0.0f;
     for (int i = tid; i < ntiles; i += nthreads) part += partials[b * ntiles + i];
     mean = block_reduce_sum(part, red) / static_cast<float>(plane);
@@ -374,11 +377,15 @@ void launch(const Params& p, const ImageDesc* images, int64_t max_in_h, int64_t 
   const Smem2 l2 = smem2_layout(p.blur_kernel / 2);
   reserve_smem(resample_color_kernel<out_t>, l1.bytes, "the resample kernel");
   reserve_smem(finish_kernel<out_t>, l2.bytes, "the blur kernel");
-  const dim3 grid(t.x, t.y, static_cast<unsigned>(p.batch));
+  if (p.batch * t.x > INT_MAX || t.y > 65535) {
+    throw std::runtime_error("jem_fast augment_views: too many views x tiles for one launch");
+  }
+  const dim3 grid(static_cast<unsigned>(p.batch * t.x), t.y);
   const dim3 block(kTileW, kThreadsY);
-  resample_color_kernel<out_t><<<grid, block, l1.bytes, stream>>>(p, images, l1, scratch, partials);
+  resample_color_kernel<out_t><<<grid, block, l1.bytes, stream>>>(p, images, l1, t.x, scratch,
+                                                                  partials);
   cuda::check_launch("augment_views resample_color_kernel");
-  finish_kernel<out_t><<<grid, block, l2.bytes, stream>>>(p, l2, scratch, partials);
+  finish_kernel<out_t><<<grid, block, l2.bytes, stream>>>(p, l2, t.x, scratch, partials);
   cuda::check_launch("augment_views finish_kernel");
 }
 
