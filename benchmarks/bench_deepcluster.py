@@ -2,10 +2,10 @@
 B x K matrix) against the eager reference (normalize, matmul, max over K) and
 torch.compile(reference), in one run: time of one assignment and its peak extra memory.
 
-    python -m benchmarks.bench_cluster [--device cpu|cuda] [--quick|--full] [--out DIR]
+    python -m benchmarks.bench_deepcluster [--device cpu|cuda] [--quick|--full] [--out DIR]
                                        [--threads N] [--dtype float32|bfloat16|float16]
 
-Prints a table and writes cluster_<device>_<date>.json and .csv into --out (default
+Prints a table and writes deepcluster_<device>_<date>.json and .csv into --out (default
 benchmarks/out). Assignment has no backward: the "fwd+bwd" columns of the shared table hold the
 forward (the only step), the "fwd" columns are empty.
 """
@@ -25,7 +25,7 @@ from .common import (CONTENDED_FRACTION, DTYPES, MEMORY_METHODOLOGY, TIMING, TIM
                      find_ok_row, format_table, log, measure_row, quick_compile_skip, rss_probe,
                      run_benchmark_main, targets_result, timing_cells)
 
-MODULE = "benchmarks.bench_cluster"
+MODULE = "benchmarks.bench_deepcluster"
 IMPLS = ("jem_fast", "eager", "compile")
 
 
@@ -227,7 +227,7 @@ def table_rows(rows, device):
 def main(argv=None):
     args = benchmark_parser(MODULE, __doc__).parse_args(argv)
     run_benchmark_main(
-        args, name="cluster", title="nearest-centroid assignment (DeepCluster-v2)",
+        args, name="deepcluster", title="nearest-centroid assignment (DeepCluster-v2)",
         legend="times: median over repeats after warm-up (the 'fwd+bwd' column is the forward: "
                "assignment has no backward); '/jf' = time / jem_fast time in this run "
                "(>1: jem_fast faster)",
