@@ -37,7 +37,7 @@ pybind11::dict build_info() {
                          "sinkhorn_plan", "multiview_cross_entropy",
                          "multiview_cross_entropy_backward", "centered_softmax",
                          "assign_to_centroids", "cosine_similarity_rows",
-                         "cosine_similarity_rows_backward"}) {
+                         "cosine_similarity_rows_backward", "augment_views"}) {
     cpu_kernels.append(op);
 #ifdef WITH_CUDA
     cuda_kernels.append(op);

@@ -5,7 +5,7 @@ torch.compile(reference), in one run: time of one assignment and its peak extra 
     python -m jem_fast.bench.bench_deepcluster [--device cpu|cuda] [--quick|--full] [--out DIR]
                                        [--threads N] [--dtype float32|bfloat16|float16]
 
-Prints a table and writes cluster_<device>_<date>.json and .csv into --out (default
+Prints a table and writes deepcluster_<device>_<date>.json and .csv into --out (default
 benchmarks/out). Assignment has no backward: the "fwd+bwd" columns of the shared table hold the
 forward (the only step), the "fwd" columns are empty.
 """
@@ -235,7 +235,7 @@ def table_rows(rows, device):
 def main(argv=None):
     args = benchmark_parser(MODULE, __doc__).parse_args(argv)
     return run_benchmark_main(
-        args, name="cluster", title="nearest-centroid assignment (DeepCluster-v2)",
+        args, name="deepcluster", title="nearest-centroid assignment (DeepCluster-v2)",
         legend="times: median over repeats after warm-up (the 'fwd+bwd' column is the forward: "
                "assignment has no backward); '/jf' = time / jem_fast time in this run "
                "(>1: jem_fast faster)",

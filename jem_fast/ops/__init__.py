@@ -10,6 +10,7 @@ from .sinkhorn_knopp import sinkhorn_knopp
 from .multiview_cross_entropy import centered_softmax, multiview_cross_entropy
 from .assign_to_centroids import assign_to_centroids
 from .negative_cosine import cosine_similarity_rows
+from . import augment_views as _augment_views  # noqa: F401  (registers the fake kernel)
 
 __all__ = ["VICRegTerms", "vicreg_terms", "BarlowTwinsTerms", "barlow_twins_terms",
            "resolve_route", "logsumexp_logits", "logsumexp_self_logits", "sinkhorn_knopp",

@@ -12,6 +12,7 @@ from .deepcluster import assign_to_centroids_reference, deepcluster_v2_loss_refe
 from .wmse import norm_mse_reference, whiten_reference, wmse_loss_reference
 from .negative_cosine import (byol_loss_reference, negative_cosine_reference,
                               symmetric_negative_cosine_reference)
+from .augment import augment_reference
 
 __all__ = ["vicreg_loss_reference", "vicreg_terms_reference", "barlow_twins_loss_reference",
            "barlow_twins_terms_reference", "ntxent_loss_reference", "info_nce_loss_reference",
@@ -19,4 +20,5 @@ __all__ = ["vicreg_loss_reference", "vicreg_terms_reference", "barlow_twins_loss
            "dino_loss_reference", "assign_to_centroids_reference",
            "deepcluster_v2_loss_reference", "norm_mse_reference", "whiten_reference",
            "wmse_loss_reference", "negative_cosine_reference",
-           "symmetric_negative_cosine_reference", "byol_loss_reference"]
+           "symmetric_negative_cosine_reference", "byol_loss_reference",
+           "augment_reference"]
