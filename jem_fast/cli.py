@@ -21,6 +21,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 # Families in run order: (name, module, the module's sub-op option, op names). The op names are
@@ -400,6 +401,7 @@ def cmd_bench(args) -> int:
                 payload = None
             except Exception as exc:  # noqa: BLE001 - report, go on with the other families
                 failures.append((name, f"{type(exc).__name__}: {exc}"))
+                traceback.print_exc()
                 print(f"jem-fast bench: {name} failed: {type(exc).__name__}: {exc}",
                       file=sys.stderr)
                 payload = None
@@ -419,8 +421,9 @@ def cmd_bench(args) -> int:
                 payload = scaling.main(argv)
                 if payload is not None:
                     payloads["scaling"] = payload
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - as for the families
                 failures.append(("scaling", f"{type(exc).__name__}: {exc}"))
+                traceback.print_exc()
                 print(f"jem-fast bench: scaling failed: {type(exc).__name__}: {exc}",
                       file=sys.stderr)
             progress.finish("scaling")

@@ -7,18 +7,15 @@ writes as JSON), so the summary never re-measures anything.
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 
 from .common import format_table, write_results
 
 SHAPE_KEYS = ("n", "d", "m", "b", "k", "crops", "views", "case")
-# Keys that identify an implementation's measurement rather than the case it measures.
-_RESULT_KEYS = {"impl", "status", "note", "fwd_bwd", "fwd", "peak_extra_mb", "memory_probe",
-                "other_cpu_fraction", "compile_s", "route"}
 # Summary column label of each baseline impl (the --baselines names; 'reference' is the eager
 # oracle). Impls not listed are shown under their own name.
 IMPL_LABELS = {"eager": "reference", "compile": "compile"}
+BASELINE_ORDER = ("reference", "compile", "lightly", "inf_cl", "kornia", "torchvision")
 
 
 def op_name(row, family):
@@ -35,9 +32,11 @@ def shape_text(row):
     return " ".join(parts)
 
 
-def _case_key(row):
-    return tuple((k, json.dumps(v, sort_keys=True, default=str)) for k, v in row.items()
-                 if k not in _RESULT_KEYS and not k.startswith(("fwd_", "tflops", "hbm", "gb")))
+def _case_key(row, family):
+    # What every implementation's row of one case shares; result fields (timings, per-impl
+    # derived figures such as views/s or a route) differ between them and are left out.
+    return (op_name(row, family), shape_text(row), row.get("dtype"), row.get("sweep"),
+            row.get("step"))
 
 
 def _time_ms(row):
@@ -51,8 +50,7 @@ def summary_rows(payloads):
     for family, payload in payloads.items():
         cases = {}
         for row in payload.get("results", []):
-            key = (_case_key(row),)
-            cases.setdefault(key, []).append(row)
+            cases.setdefault(_case_key(row, family), []).append(row)
         for rows in cases.values():
             jf = next((r for r in rows if r["impl"] == "jem_fast"), None)
             if jf is None:
@@ -95,6 +93,9 @@ def summary_table(rows) -> str:
         for label in r["baselines"]:
             if label not in labels:
                 labels.append(label)
+    # The --baselines vocabulary first, in its order; in-module variants (EMA loops) after.
+    labels.sort(key=lambda x: (BASELINE_ORDER.index(x) if x in BASELINE_ORDER
+                               else len(BASELINE_ORDER), labels.index(x)))
     cells = []
     for r in rows:
         ref = r["baselines"].get("reference")
@@ -159,7 +160,7 @@ def _x_key(rows):
 
 
 def _series(rows, x_key):
-    """{(op, impl, fixed dims): [(x, time_ms or None, peak_mb or None, status)]} sorted by x."""
+    """{(op, impl, fixed dims): [(x, time_ms or None, peak_mb or None, note)]} sorted by x."""
     out = {}
     for r in rows:
         if x_key is None or not isinstance(r.get(x_key), (int, float)):
@@ -170,8 +171,13 @@ def _series(rows, x_key):
         mb = r.get("peak_extra_mb")
         out.setdefault((label, r.get("dtype", "")), []).append(
             (r[x_key], _time_ms(r), mb if isinstance(mb, (int, float)) else None,
-             r.get("status")))
+             "" if r.get("status") == "ok" else str(r.get("note", ""))))
     return {k: sorted(v) for k, v in out.items()}
+
+
+def _memory_reason(note):
+    note = note.lower()
+    return any(word in note for word in ("memory", " gb", "out of memory", "oom"))
 
 
 def plot_family(plt, name, payload, out_dir):
@@ -200,7 +206,9 @@ def plot_family(plt, name, payload, out_dir):
                     color = line.get_color()
                 else:
                     color = None
-                missing = [p[0] for p in points if p[idx] is None and p[3] != "ok"]
+                # Only a reference that did not fit is drawn: rows skipped for time (e.g. compile
+                # in --quick) or missing peers say nothing about scaling.
+                missing = [p[0] for p in points if p[idx] is None and _memory_reason(p[3])]
                 if missing:
                     # axes transform: x in data, y at the top edge of the panel
                     ax.plot(missing, [0.98] * len(missing), "x", markersize=10, color=color,
