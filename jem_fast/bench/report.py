@@ -94,8 +94,9 @@ def summary_table(rows) -> str:
             if label not in labels:
                 labels.append(label)
     # The --baselines vocabulary first, in its order; in-module variants (EMA loops) after.
+    seen = list(labels)
     labels.sort(key=lambda x: (BASELINE_ORDER.index(x) if x in BASELINE_ORDER
-                               else len(BASELINE_ORDER), labels.index(x)))
+                               else len(BASELINE_ORDER), seen.index(x)))
     cells = []
     for r in rows:
         ref = r["baselines"].get("reference")
