@@ -94,6 +94,10 @@ def summary_table(rows) -> str:
             if label not in labels:
                 labels.append(label)
     # The --baselines vocabulary first, in its order; in-module variants (EMA loops) after.
+    # A baseline left out by --baselines everywhere gets no column.
+    labels = [x for x in labels if any(
+        r["baselines"].get(x, {}).get("note") != "not in --baselines"
+        and r["baselines"].get(x) is not None for r in rows)]
     seen = list(labels)
     labels.sort(key=lambda x: (BASELINE_ORDER.index(x) if x in BASELINE_ORDER
                                else len(BASELINE_ORDER), seen.index(x)))
@@ -202,11 +206,10 @@ def plot_family(plt, name, payload, out_dir):
             xs = [p[0] for p in points]
             for ax, idx in ((ax_t, 1), (ax_m, 2)):
                 ok = [(x, p[idx]) for x, p in zip(xs, points) if p[idx] is not None]
-                if ok:
-                    line, = ax.plot(*zip(*ok), marker="o", label=f"{label} {dtype}")
-                    color = line.get_color()
-                else:
-                    color = None
+                if not ok:
+                    continue  # an implementation that never ran here (not selected, no peer)
+                line, = ax.plot(*zip(*ok), marker="o", label=f"{label} {dtype}")
+                color = line.get_color()
                 # Only a reference that did not fit is drawn: rows skipped for time (e.g. compile
                 # in --quick) or missing peers say nothing about scaling.
                 missing = [p[0] for p in points if p[idx] is None and _memory_reason(p[3])]
@@ -228,7 +231,7 @@ def plot_family(plt, name, payload, out_dir):
     fig.suptitle(f"jem_fast {name} -- {payload.get('device')}, {payload.get('mode')}, "
                  f"{payload.get('threads')} threads, "
                  f"{machine.get('gpu_name', machine.get('cpu_model', ''))}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the suptitle
     path = Path(out_dir) / f"{name}_{payload.get('device')}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
