@@ -82,8 +82,8 @@ def synthetic_dataset(num_images, seed=0, min_size=40, max_size=72):
         w = int(torch.randint(min_size, max_size + 1, (1,), generator=g))
         ys = torch.linspace(-1, 1, h).view(h, 1).expand(h, w)
         xs = torch.linspace(-1, 1, w).view(1, w).expand(h, w) * (w / h)
-        cy, cx = (torch.rand(2, generator=g) - 0.5) * 0.6
-        r = 0.35 + 0.3 * float(torch.rand(1, generator=g))
+        cy, cx = (torch.rand(2, generator=g) - 0.5) * 0.4
+        r = 0.5 + 0.3 * float(torch.rand(1, generator=g))
         y, x = ys - cy, xs - cx
         shape = SHAPES[label]
         if shape == "disk":
@@ -104,8 +104,8 @@ def synthetic_dataset(num_images, seed=0, min_size=40, max_size=72):
         fg = torch.rand(3, 1, 1, generator=g)
         bg = torch.rand(3, 1, 1, generator=g) * 0.6
         freq = 2 + 6 * float(torch.rand(1, generator=g))
-        texture = 0.15 * torch.sin(freq * (xs + ys) + 6.28 * float(torch.rand(1, generator=g)))
-        img = bg + texture + 0.08 * torch.randn(3, h, w, generator=g)
+        texture = 0.08 * torch.sin(freq * (xs + ys) + 6.28 * float(torch.rand(1, generator=g)))
+        img = bg + texture + 0.03 * torch.randn(3, h, w, generator=g)
         img = torch.where(mask, fg.expand(3, h, w), img)
         images.append((img.clamp(0, 1) * 255).round().to(torch.uint8))
         labels.append(label)
@@ -200,23 +200,32 @@ def jem_fast_augment(method, size, seed):
 
     k = P.simclr_blur_kernel_size(size)  # 10% of the view, as SimCLR: the recipes' 23 is for 224
     k_local = P.simclr_blur_kernel_size(size // 2)
+    # Bilinear, not the recipes' bicubic: at these sizes most crops are upscaled, and bicubic
+    # overshoot outside [0, 1] followed by a hue shift currently yields NaN pixels (in
+    # functional.augment and its reference alike); bilinear never leaves [0, 1].
+    common = dict(seed=seed, interpolation="bilinear")
+    # Crop scales of (0.4, 1) for the global views (DINO's) and (0.1, 0.4) for the local ones:
+    # with a few hundred steps on small images, the recipes' 0.08 leaves two views of one image
+    # too little in common to learn from; the rest of each recipe is unchanged.
+    two_view = dict(size=size, scale=(0.4, 1.0), blur_kernel_size=k, **common)
+    multi_crop = dict(global_size=size, local_size=size // 2, num_local_crops=2,
+                      global_scale=(0.4, 1.0), local_scale=(0.1, 0.4),
+                      blur_kernel_size=(k, k_local), **common)
     if method in ("simclr", "moco", "simsiam"):
-        return P.SimCLRAugment(size=size, blur_kernel_size=k, seed=seed)
+        return P.SimCLRAugment(**two_view)
     if method == "byol":
-        return P.BYOLAugment(size=size, blur_kernel_size=k, seed=seed)
+        return P.BYOLAugment(**two_view)
     if method == "barlow":
-        return P.BarlowTwinsAugment(size=size, blur_kernel_size=k, seed=seed)
+        return P.BarlowTwinsAugment(**two_view)
     if method == "vicreg":
-        return P.VICRegAugment(size=size, blur_kernel_size=k, seed=seed)
+        return P.VICRegAugment(**two_view)
     if method == "swav":
-        return P.SwAVAugment(global_size=size, local_size=size // 2, num_local_crops=2,
-                             blur_kernel_size=(k, k_local), seed=seed)
-    return P.DINOAugment(global_size=size, local_size=size // 2, num_local_crops=2,
-                         blur_kernel_size=(k, k_local), seed=seed)
+        return P.SwAVAugment(**multi_crop)
+    return P.DINOAugment(**multi_crop)
 
 
 class TorchAugment:
-    """Plain-torch views: random resized crop (scale (0.2, 1) global, (0.05, 0.4) local, ratio
+    """Plain-torch views: random resized crop (scale (0.4, 1) global, (0.1, 0.4) local, ratio
     3/4..4/3) and horizontal flip per sample, then ImageNet normalization."""
 
     def __init__(self, sizes, seed):
@@ -248,7 +257,7 @@ class TorchAugment:
         std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
         views = []
         for i, size in enumerate(self.sizes):
-            scale = (0.2, 1.0) if i < 2 else (0.05, 0.4)
+            scale = (0.4, 1.0) if i < 2 else (0.1, 0.4)  # as jem_fast_augment
             views.append(torch.stack([(self._one(im, size, scale) - mean) / std
                                       for im in images]))
         return views
@@ -480,7 +489,7 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None,
                    help="ImageFolder directory (one sub-folder per class); default: a "
                         "generated synthetic set")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, default=None,
                    help="stop after this many optimizer steps (default: all epochs)")
     p.add_argument("--batch-size", type=int, default=64, help="per process")
