@@ -218,6 +218,28 @@ def test_hue_on_black_white_saturated_pixels():
     assert torch.isfinite(out).all()
 
 
+def test_hue_after_bicubic_overshoot_is_finite():
+    """Bicubic ringing next to a bright edge leaves black pixels with max == 0 and a negative
+    channel; torchvision's rgb->hsv divides by that max (s = inf -> NaN). jem_fast keeps s = 0
+    there (documented in augment_kernels.h) and matches torchvision wherever it is finite."""
+    img = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    img[0, :, 4:] = 255          # red half: ringing pushes blue/green below 0 on the black side
+    img[1, 2:6, 4:] = 200
+    n = 3
+    params = make_params([(8, 8)] * n, 0, ops=("hue",), crops=[[0, 0, 8, 8]] * n)
+    params["hue"] = torch.tensor([0.25, -0.4, 0.5])
+    out = check([img] * n, params, (40, 40), interpolation="bicubic")
+    assert torch.isfinite(out).all()
+    tvf = pytest.importorskip("torchvision.transforms.v2.functional")
+    x = tvf.resize(img.float() / 255, [40, 40], interpolation=tvf.InterpolationMode.BICUBIC,
+                   antialias=True)
+    for i in range(n):
+        ref = tvf.normalize(tvf.adjust_hue(x, float(params["hue"][i])), MEAN, STD)
+        finite = torch.isfinite(ref)
+        assert not finite.all()  # the case really is one where torchvision produces NaN
+        torch.testing.assert_close(out[i][finite], ref[finite], rtol=0, atol=2 * TOL)
+
+
 def test_factor_edge_values():
     # factor 0 (brightness -> black, contrast -> flat mean, saturation -> gray), factor 1
     # (identity) and a large factor (mostly clamped).

@@ -164,14 +164,18 @@ JEM_HD void op_contrast(float& r, float& g, float& b, float f, float mean) {
 }
 
 // rgb -> hsv -> (h + f) mod 1 -> rgb, written branch-free (selects) so the CPU loop vectorizes.
-// Divisors are guarded exactly as torchvision does (1 where max == min), so black, white and
-// gray pixels give h = s = 0 and never 0/0.
+// Divisors are guarded as torchvision does (1 where max == min), so black, white and gray
+// pixels give h = s = 0 and never 0/0. One more guard than torchvision: bicubic overshoot can
+// leave a pixel with max == 0 and min < 0, where torchvision's s = range / 0 = inf turns the
+// pixel into NaN; jem_fast takes s = 0 there (the pixel stays black). Everywhere torchvision is
+// finite the result is the same.
 JEM_HD void op_hue(float& r, float& g, float& b, float f) {
   const float maxc = fmaxf(r, fmaxf(g, b));
   const float minc = fminf(r, fminf(g, b));
   const bool eqc = maxc == minc;
   const float range = maxc - minc;
-  const float s = range / (eqc ? 1.0f : maxc);
+  const bool no_saturation = eqc || maxc == 0.0f;
+  const float s = no_saturation ? 0.0f : range / (no_saturation ? 1.0f : maxc);
   const float div = eqc ? 1.0f : range;
   const float rc = (maxc - r) / div;
   const float gc = (maxc - g) / div;

@@ -32,7 +32,9 @@ def _rgb_to_hsv(x):
     eqc = maxc == minc
     rng = maxc - minc
     ones = torch.ones_like(maxc)
-    s = rng / torch.where(eqc, ones, maxc)
+    # as torchvision, plus: max == 0 with min < 0 (bicubic overshoot) gives s = 0, not inf/NaN
+    flat = eqc | (maxc == 0)
+    s = torch.where(flat, torch.zeros_like(maxc), rng / torch.where(flat, ones, maxc))
     div = torch.where(eqc, ones, rng)
     rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
     h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
