@@ -27,9 +27,6 @@ echo "== tests (CUDA ones first, then everything)"
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -4
 echo "== benchmarks"
 RES=$(mktemp -d)
-{
-  for b in $(ls benchmarks/bench_*.py | xargs -n1 basename | sed 's/\.py$//'); do
-    $PY -m benchmarks.$b --device cuda --out "$RES"
-  done
-} 2>&1 | tee "$OUT/bench.txt" | grep -vE "^\[" | tail -80
+$PY -m jem_fast info --device all 2>&1 | tee "$OUT/bench.txt" | tail -30
+$PY -m jem_fast bench --device cuda --out "$RES" 2>&1 | tee -a "$OUT/bench.txt" | grep -vE "^\[" | tail -80
 tar -czf "$OUT/results.tar.gz" -C "$RES" .

@@ -68,7 +68,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # Repeats per measurement: `repeats` at most, `min_repeats` at least, and stop adding repeats
 # once the timed calls of one measurement used `budget_s` seconds.
 TIMING = {
-    ("cpu", "quick"): dict(warmup=1, repeats=15, min_repeats=3, budget_s=2.0),
+    ("cpu", "quick"): dict(warmup=1, repeats=15, min_repeats=3, budget_s=1.5),
     ("cpu", "full"): dict(warmup=1, repeats=50, min_repeats=3, budget_s=10.0),
     ("cuda", "quick"): dict(warmup=5, repeats=50, min_repeats=10, budget_s=2.0),
     ("cuda", "full"): dict(warmup=10, repeats=200, min_repeats=20, budget_s=10.0),
