@@ -118,7 +118,8 @@ class DINOLoss(torch.nn.Module):
     def update_center(self, teacher_out: List[torch.Tensor]) -> None:
         """center <- m center + (1 - m) mean over every teacher row (all ranks)."""
         rows = sum(t.shape[0] for t in teacher_out)
-        batch_center = sum(t.detach().sum(dim=0, dtype=torch.float32) for t in teacher_out) / rows
+        acc = torch.promote_types(teacher_out[0].dtype, torch.float32)  # float64 stays float64
+        batch_center = sum(t.detach().sum(dim=0, dtype=acc) for t in teacher_out) / rows
         if is_distributed():
             dist.all_reduce(batch_center)
             batch_center /= dist.get_world_size()
