@@ -24,6 +24,9 @@ import time
 import traceback
 from pathlib import Path
 
+from .bench.common import cpu_model
+from .bench.report import op_name, shape_text
+
 # Families in run order: (name, module, the module's sub-op option, op names). The op names are
 # what --ops accepts besides the family names; they are the values of the module's own option.
 FAMILIES = [
@@ -189,17 +192,6 @@ def _dist_version(name):
     return None
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _wrap(items, indent, width=100):
     lines, line = [], indent
     for item in items:
@@ -229,7 +221,7 @@ def cmd_info(args) -> int:
         return 1
 
     print("\ndevices")
-    print(f"  cpu   {_cpu_model()}, {os.cpu_count()} logical CPUs")
+    print(f"  cpu   {cpu_model()}, {os.cpu_count()} logical CPUs")
     cuda_ok = torch.cuda.is_available()
     if cuda_ok:
         for i in range(torch.cuda.device_count()):
@@ -320,32 +312,15 @@ class Progress:
 
     def row(self, row):
         self.measurements += 1
-        shape = _shape_text(row)
+        shape = shape_text(row)
         print(f"    ... {self.elapsed()} measurement {self.measurements}: "
-              f"{_op_name(row, '')} {shape} {row.get('dtype', '')} {row['impl']}",
+              f"{op_name(row, '')} {shape} {row.get('dtype', '')} {row['impl']}",
               file=sys.stderr, flush=True)
 
     def finish(self, name):
         self.done += 1
         print(f"=== jem-fast bench {self._bar()} families, {self.elapsed()}: {name} done",
               file=sys.stderr, flush=True)
-
-
-SHAPE_KEYS = ("n", "d", "m", "b", "k", "crops", "views", "case")
-
-
-def _op_name(row, family):
-    return str(row.get("loss") or row.get("op") or row.get("part") or family)
-
-
-def _shape_text(row):
-    parts = []
-    for key in SHAPE_KEYS:
-        value = row.get(key)
-        if value in (None, "", "-"):
-            continue
-        parts.append(f"{key.upper() if len(key) == 1 else key}={value}")
-    return " ".join(parts)
 
 
 def _family_argv(args, family_name, option, ops, mode_flag):
