@@ -93,6 +93,24 @@ def _want_cuda():
     return forced or auto, cuda_home
 
 
+DEFAULT_CUDA_ARCHS = ["8.0", "8.6", "8.9", "9.0", "10.0", "12.0"]
+
+
+def _default_arch_list(cuda_home):
+    """DEFAULT_CUDA_ARCHS that this nvcc can target, the newest also as PTX."""
+    import subprocess
+    archs = list(DEFAULT_CUDA_ARCHS)
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--list-gpu-arch"],
+                             capture_output=True, text=True, timeout=60).stdout
+        known = {line.strip().replace("compute_", "") for line in out.split()}
+        supported = [a for a in archs if a.replace(".", "") in known]
+        archs = supported or archs
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return ";".join(archs[:-1] + [archs[-1] + "+PTX"])
+
+
 def make_extension():
     with_cuda, cuda_home = _want_cuda()
     debug = _flag("DEBUG")
@@ -121,7 +139,11 @@ def make_extension():
     os.environ["CUDA_HOME"] = cuda_home
     cpp_ext.CUDA_HOME = cuda_home
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # no GPU to ask; Hopper is the target machine
+        # No GPU to ask: a fat binary for every supported architecture plus PTX for newer ones,
+        # so the wheel runs on A100, L4/4090, H100/H200, B200 and RTX 50xx alike.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _default_arch_list(cuda_home)
+    print(f"jem_fast: building CUDA kernels for TORCH_CUDA_ARCH_LIST="
+          f"{os.environ.get('TORCH_CUDA_ARCH_LIST') or '(the visible GPUs)'}", flush=True)
     include_dirs += _wheel_cuda_include_dirs()
     nvcc_flags = opt + ["-lineinfo", "--expt-relaxed-constexpr",
                         f"--threads={os.environ.get('NVCC_THREADS', '2')}"]

@@ -22,8 +22,10 @@
 namespace jem_fast {
 namespace augment {
 
-// Largest blur kernel the op accepts: keeps the CUDA tile + halo in shared memory (a 16 x 16 tile
-// with a 31-pixel halo on each side is 78 x 78 x 3 floats = 73 KB) and the CPU padded row small.
+// Largest blur kernel the op accepts. The CUDA finish kernel streams the tile + halo through
+// shared memory in 8-row chunks, so its shared memory grows only linearly with the halo: 39 KB at
+// 63 taps (a 16 x 32 tile with a 31-pixel halo), under the 48 KB every GPU grants without opt-in.
+// It also keeps the CPU padded row small.
 constexpr int kMaxBlurKernel = 63;
 
 // One source image: base pointer and element strides of its channel/row/column axes, so CHW,
@@ -308,10 +310,13 @@ JEM_HD int64_t reflect_index(int64_t i, int64_t n) {
 void augment_views_cpu(const Params& p, const ImageDesc* images);
 
 #ifdef WITH_CUDA
-// images_dev: B descriptors in device memory. scratch: B * 3 * out_h * out_w floats (the
+// images_host: the B descriptors in host memory; they are passed to the device by value in
+// kernel parameters (safe under CUDA-graph capture and replay) and stored into images_dev, a
+// device buffer of B descriptors owned by the call. scratch: B * 3 * out_h * out_w floats (the
 // pre-contrast/pre-blur image of the samples that need one). partials: B * tiles floats.
-void augment_views_cuda(const Params& p, const ImageDesc* images_dev, int64_t max_in_h,
-                        int64_t max_in_w, float* scratch, float* partials, void* stream);
+void augment_views_cuda(const Params& p, const ImageDesc* images_host, ImageDesc* images_dev,
+                        int64_t max_in_h, int64_t max_in_w, float* scratch, float* partials,
+                        void* stream);
 int64_t augment_cuda_tiles(int64_t out_h, int64_t out_w);
 #endif
 

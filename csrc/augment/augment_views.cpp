@@ -151,19 +151,21 @@ at::Tensor augment_views(const std::vector<at::Tensor>& images, const at::Tensor
   const at::Tensor saturation = param(saturation_in, "saturation", B, false, at::kFloat, dev);
   const at::Tensor hue = param(hue_in, "hue", B, false, at::kFloat, dev);
   const at::Tensor sigma = param(blur_sigma_in, "blur_sigma", B, false, at::kFloat, dev);
-  if (!dev.is_cuda()) {
-    // Cheap on the host; on CUDA this would need a device sync (the kernel skips ids outside
-    // 0..3 instead, and jem_fast.augment.functional validates before calling).
-    const int64_t* o = order.data_ptr<int64_t>();
+  // Checked on the host: one small copy from a CUDA device (skipped while a CUDA graph is being
+  // captured, where the kernel treats ids outside 0..3 as no-ops; jem_fast.augment.functional
+  // validates before calling).
+  if (!capturing_cuda_graph(order)) {
+    const at::Tensor order_host = order.to(at::kCPU);
+    const int64_t* o = order_host.data_ptr<int64_t>();
     for (int64_t b = 0; b < B; ++b) {
       int seen = 0;
       for (int k = 0; k < 4; ++k) {
         TORCH_CHECK(o[4 * b + k] >= 0 && o[4 * b + k] <= 3, kOp, ": order[", b,
-                    "] must be a permutation of 0..3, got ", order[b]);
+                    "] must be a permutation of 0..3, got ", order_host[b]);
         seen |= 1 << o[4 * b + k];
       }
       TORCH_CHECK(seen == 15, kOp, ": order[", b, "] must be a permutation of 0..3, got ",
-                  order[b]);
+                  order_host[b]);
     }
   }
 
@@ -204,18 +206,14 @@ at::Tensor augment_views(const std::vector<at::Tensor>& images, const at::Tensor
     return out;
   }
 #ifdef WITH_CUDA
-  // Per-image descriptors (pointer, size, strides) go to the device through pinned memory;
-  // the caching host allocator keeps the pinned block alive until the async copy is done.
-  const int64_t bytes = B * static_cast<int64_t>(sizeof(ImageDesc));
-  at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(host.data_ptr(), in.desc.data(), bytes);
-  const at::Tensor desc_dev = host.to(dev, /*non_blocking=*/true);
+  at::Tensor desc_dev = at::empty({B * static_cast<int64_t>(sizeof(ImageDesc))},
+                                  out.options().dtype(at::kByte));
   const int64_t tiles = augment_cuda_tiles(out_h, out_w);
   at::Tensor scratch = at::empty({B, 3, out_h, out_w}, out.options().dtype(at::kFloat),
                                  at::MemoryFormat::Contiguous);
   at::Tensor partials = at::empty({B, tiles}, out.options().dtype(at::kFloat));
-  augment_views_cuda(p, reinterpret_cast<const ImageDesc*>(desc_dev.data_ptr()), in.max_h,
-                     in.max_w, scratch.data_ptr<float>(), partials.data_ptr<float>(),
+  augment_views_cuda(p, in.desc.data(), reinterpret_cast<ImageDesc*>(desc_dev.data_ptr()),
+                     in.max_h, in.max_w, scratch.data_ptr<float>(), partials.data_ptr<float>(),
                      at::cuda::getCurrentCUDAStream().stream());
 #endif
   return out;
@@ -238,8 +236,7 @@ TORCH_LIBRARY_IMPL(jem_fast, CPU, m) {
   m.impl("augment_views", &jem_fast::augment::augment_views);
 }
 
-#ifdef WITH_CUDA
+// Registered in CPU-only builds too, so that CUDA images get the rebuild hint (DeviceScope).
 TORCH_LIBRARY_IMPL(jem_fast, CUDA, m) {
   m.impl("augment_views", &jem_fast::augment::augment_views);
 }
-#endif

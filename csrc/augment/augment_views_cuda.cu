@@ -13,11 +13,14 @@
 //     Otherwise the tile is stored to `scratch` in float32, and when contrast follows, the tile's
 //     grayscale sum goes to partials[b][tile] (no atomics: deterministic).
 //  2. finish_kernel: blocks of finished samples exit at once. Others sum the sample's tile
-//     partials in a fixed order (the exact mean of the image at the contrast point), load their
-//     tile plus a blur halo of kernel/2 pixels from scratch into shared memory (reflect or zero
-//     padding resolved at load time), apply contrast and the ops after it plus grayscale to every
-//     loaded pixel (they are pointwise, so the halo gets exactly the values its neighbours would
-//     have), blur horizontally then vertically in shared memory, solarize, normalize, cast, store.
+//     partials in a fixed order (the exact mean of the image at the contrast point). Without
+//     blur they finish their pixels straight from scratch. With blur they stream the tile plus a
+//     halo of kernel/2 pixels from scratch, 8 rows at a time, through shared memory (reflect or
+//     zero padding resolved at load time), apply contrast and the ops after it plus grayscale to
+//     every loaded pixel (pointwise, so the halo gets exactly the values its neighbours would
+//     have), blur each chunk horizontally into a (tile rows + halo) x 32 buffer, then blur
+//     vertically, solarize, normalize, cast, store. Shared memory stays under 48 KB for every
+//     blur size the op accepts.
 //
 // Why two phases: contrast needs the grayscale mean of the whole view at its point of the order,
 // a grid-wide reduction in the middle of the pipeline, and the blur needs neighbours that the
@@ -98,6 +101,7 @@ __device__ __forceinline__ bool sample_is_direct(const Params& p, int64_t b,
   return !plan.has_contrast && !(p.blur_sigma[b] > 0.0f && p.blur_kernel > 1);
 }
 
+// launch-resources: max_dynamic_smem_bytes=device_optin opt_in=yes
 template <typename out_t>
 __global__ void __launch_bounds__(kTileW * kThreadsY)
 resample_color_kernel(Params p, const ImageDesc* __restrict__ images, Smem1 L, int tiles_x,
@@ -217,25 +221,33 @@ resample_color_kernel(Params p, const ImageDesc* __restrict__ images, Smem1 L, i
   }
 }
 
-// Kernel 2 shared memory: the tile plus halo (3 channels), its horizontally blurred rows, the
-// Gaussian weights.
+// Kernel 2 shared memory: the tile's rows plus halo, blurred horizontally (3 channels), a chunk
+// of kBlurChunkRows region rows at a time (tile columns plus halo, colour ops applied), the
+// Gaussian weights. The region is never held whole: for the largest kernel (63 taps, a 31-pixel
+// halo) this is 78 x 32 x 3 + 8 x 94 x 3 floats = 39 KB, under the 48 KB every GPU grants
+// without opt-in (sm_86/89/120 allow at most 99 KB even with it), so any blur size fits every
+// supported GPU.
+constexpr int kBlurChunkRows = 8;
+constexpr size_t kMaxFinishSmemBytes = 48 * 1024;
+
 struct Smem2 {
   int halo_cap;
-  size_t region, hblur, weights, red, bytes;
+  size_t hblur, rows, weights, red, bytes;
 };
 
 Smem2 smem2_layout(int halo_cap) {
   Smem2 s;
   s.halo_cap = halo_cap;
   const size_t rw = kTileW + 2 * halo_cap, rh = kTileH + 2 * halo_cap;
-  s.region = 0;
-  s.hblur = s.region + rh * rw * 3;
-  s.weights = s.hblur + rh * kTileW * 3;
+  s.hblur = 0;
+  s.rows = s.hblur + rh * kTileW * 3;
+  s.weights = s.rows + size_t(kBlurChunkRows) * rw * 3;
   s.red = s.weights + kMaxBlurKernel + 1;
   s.bytes = (s.red + 32) * sizeof(float);
   return s;
 }
 
+// launch-resources: max_dynamic_smem_bytes=kMaxFinishSmemBytes opt_in=no
 template <typename out_t>
 __global__ void __launch_bounds__(kTileW * kThreadsY)
 finish_kernel(Params p, Smem2 L, int tiles_x, const float* __restrict__ scratch,
@@ -244,10 +256,10 @@ finish_kernel(Params p, Smem2 L, int tiles_x, const float* __restrict__ scratch,
   const int64_t b = blockIdx.x / tiles_x;
   const int tile_x = blockIdx.x % tiles_x;
   const JitterPlan plan = make_plan(p, b);
-  if (sample_is_direct(p, b, plan)) return;  // finished by kernel 1
+  if (sample_is_direct(p, b, plan)) return;  // block-uniform: finished by kernel 1
 
-  float* region = smem + L.region;
   float* hblur = smem + L.hblur;
+  float* rows = smem + L.rows;
   float* wk = smem + L.weights;
   float* red = smem + L.red;
   const int lx = threadIdx.x, ly = threadIdx.y;
@@ -257,71 +269,78 @@ finish_kernel(Params p, Smem2 L, int tiles_x, const float* __restrict__ scratch,
   const int64_t H = p.out_h, W = p.out_w, plane = H * W;
 
   float mean = 0.0f;
-  if (plan.has_contrast) {
+  if (plan.has_contrast) {  // block-uniform
     const int ntiles = tiles_x * gridDim.y;
     float part = 0.0f;
     for (int i = tid; i < ntiles; i += nthreads) part += partials[b * ntiles + i];
     mean = block_reduce_sum(part, red) / static_cast<float>(plane);
   }
   const float sigma = p.blur_sigma[b];
-  const bool blur = sigma > 0.0f && p.blur_kernel > 1;
-  const int k = blur ? p.blur_kernel : 1;
-  const int r = k / 2;
-  if (blur && tid == 0) gaussian_weights(k, sigma, wk);
-
-  const int rw = kTileW + 2 * r, rh = kTileH + 2 * r;
+  const bool blur = sigma > 0.0f && p.blur_kernel > 1;  // block-uniform
   const bool gray = p.grayscale[b];
   const float* img = scratch + b * 3 * plane;
-  for (int e = tid; e < rw * rh; e += nthreads) {
-    const int ry = e / rw, rx = e % rw;
-    int64_t iy = oy0 - r + ry, ix = ox0 - r + rx;
-    float v[3] = {0.0f, 0.0f, 0.0f};
-    // Pixels beyond [-r, n - 1 + r] only feed outputs outside the view: left at 0.
-    const bool needed = iy >= -r && iy < H + r && ix >= -r && ix < W + r;
-    const bool inside = iy >= 0 && iy < H && ix >= 0 && ix < W;
-    if (needed && (inside || p.blur_reflect)) {
-      iy = reflect_index(iy, H);
-      ix = reflect_index(ix, W);
-      const float* s = img + iy * W + ix;
-      v[0] = s[0];
-      v[1] = s[plane];
-      v[2] = s[2 * plane];
-      apply_ops(plan, plan.split, plan.count, mean, v[0], v[1], v[2]);
-      if (gray) op_grayscale(v[0], v[1], v[2]);
-    }
-    float* d = region + e * 3;
-    d[0] = v[0];
-    d[1] = v[1];
-    d[2] = v[2];
-  }
-  __syncthreads();
 
-  if (!blur) {
+  if (!blur) {  // contrast only: pointwise, straight from scratch
     for (int kk = 0; kk < kRowsPerThread; ++kk) {
-      const int ty = ly + kk * kThreadsY;
-      const int64_t oy = oy0 + ty, ox = ox0 + lx;
+      const int64_t oy = oy0 + ly + kk * kThreadsY, ox = ox0 + lx;
       if (oy >= H || ox >= W) continue;
-      const float* v = region + (ty * rw + lx) * 3;
-      store_pixel<out_t>(p, b, oy, ox, v[0], v[1], v[2]);
+      const float* s = img + oy * W + ox;
+      float v0 = s[0], v1 = s[plane], v2 = s[2 * plane];
+      apply_ops(plan, plan.split, plan.count, mean, v0, v1, v2);
+      if (gray) op_grayscale(v0, v1, v2);
+      store_pixel<out_t>(p, b, oy, ox, v0, v1, v2);
     }
     return;
   }
-  // Horizontal pass over every region row, the tile's 32 columns (same tap order as the CPU).
-  for (int e = tid; e < rh * kTileW; e += nthreads) {
-    const int ry = e / kTileW, col = e % kTileW;
-    const float* src = region + (ry * rw + col) * 3;
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f;
-    for (int j = 0; j < k; ++j) {
-      s0 += wk[j] * src[j * 3];
-      s1 += wk[j] * src[j * 3 + 1];
-      s2 += wk[j] * src[j * 3 + 2];
+
+  const int k = p.blur_kernel;
+  const int r = k / 2;
+  if (tid == 0) gaussian_weights(k, sigma, wk);
+  const int rw = kTileW + 2 * r, rh = kTileH + 2 * r;
+  for (int c0 = 0; c0 < rh; c0 += kBlurChunkRows) {
+    const int nrows = min(kBlurChunkRows, rh - c0);
+    // Load region rows [c0, c0 + nrows) with the ops after the contrast point applied (they are
+    // pointwise, so the halo gets exactly the values its neighbours would have).
+    for (int e = tid; e < nrows * rw; e += nthreads) {
+      const int ry = c0 + e / rw, rx = e % rw;
+      int64_t iy = oy0 - r + ry, ix = ox0 - r + rx;
+      float v[3] = {0.0f, 0.0f, 0.0f};
+      // Pixels beyond [-r, n - 1 + r] only feed outputs outside the view: left at 0.
+      const bool needed = iy >= -r && iy < H + r && ix >= -r && ix < W + r;
+      const bool inside = iy >= 0 && iy < H && ix >= 0 && ix < W;
+      if (needed && (inside || p.blur_reflect)) {
+        iy = reflect_index(iy, H);
+        ix = reflect_index(ix, W);
+        const float* s = img + iy * W + ix;
+        v[0] = s[0];
+        v[1] = s[plane];
+        v[2] = s[2 * plane];
+        apply_ops(plan, plan.split, plan.count, mean, v[0], v[1], v[2]);
+        if (gray) op_grayscale(v[0], v[1], v[2]);
+      }
+      float* d = rows + e * 3;
+      d[0] = v[0];
+      d[1] = v[1];
+      d[2] = v[2];
     }
-    float* d = hblur + e * 3;
-    d[0] = s0;
-    d[1] = s1;
-    d[2] = s2;
+    __syncthreads();  // rows (and, on the first chunk, wk) are complete
+    // Horizontal pass of these rows over the tile's 32 columns (same tap order as the CPU).
+    for (int e = tid; e < nrows * kTileW; e += nthreads) {
+      const int row = e / kTileW, col = e % kTileW;
+      const float* src = rows + (row * rw + col) * 3;
+      float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f;
+      for (int j = 0; j < k; ++j) {
+        s0 += wk[j] * src[j * 3];
+        s1 += wk[j] * src[j * 3 + 1];
+        s2 += wk[j] * src[j * 3 + 2];
+      }
+      float* d = hblur + ((c0 + row) * kTileW + col) * 3;
+      d[0] = s0;
+      d[1] = s1;
+      d[2] = s2;
+    }
+    __syncthreads();  // `rows` is reused by the next chunk; hblur is complete after the last
   }
-  __syncthreads();
   for (int kk = 0; kk < kRowsPerThread; ++kk) {
     const int ty = ly + kk * kThreadsY;
     const int64_t oy = oy0 + ty, ox = ox0 + lx;
@@ -339,6 +358,24 @@ finish_kernel(Params p, Smem2 L, int tiles_x, const float* __restrict__ scratch,
   }
 }
 
+// The per-image descriptors reach the device as kernel parameters (copied into the launch,
+// so a CUDA-graph replay sees the values of capture time, never a host buffer that has been
+// reused since) and are written by these small launches into a device buffer owned by the call.
+constexpr int kDescsPerLaunch = 32;
+
+struct DescriptorChunk {
+  ImageDesc desc[kDescsPerLaunch];
+  int64_t first;
+  int count;
+};
+
+__global__ void __launch_bounds__(kDescsPerLaunch)
+store_descriptors_kernel(DescriptorChunk chunk, ImageDesc* __restrict__ out) {
+  if (static_cast<int>(threadIdx.x) < chunk.count) {
+    out[chunk.first + threadIdx.x] = chunk.desc[threadIdx.x];
+  }
+}
+
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
     throw std::runtime_error(std::string("jem_fast augment_views: ") + what + ": " +
@@ -346,18 +383,23 @@ void check(cudaError_t err, const char* what) {
   }
 }
 
-// Opts a kernel into more than 48 KB of dynamic shared memory when the layout needs it.
+// Opts the resample kernel into more than 48 KB of dynamic shared memory when its tap tables
+// need it (strong downscales: the taps per output pixel grow with the input/output ratio).
 template <typename K>
-void reserve_smem(K kernel, size_t bytes, const char* what) {
+void reserve_resample_smem(K kernel, size_t bytes, int64_t max_in_h, int64_t max_in_w,
+                           const Params& p) {
   int device = 0, max_optin = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
         "cudaDeviceGetAttribute");
   if (bytes > size_t(max_optin)) {
     throw std::runtime_error(
-        std::string("jem_fast augment_views: ") + what + " needs " + std::to_string(bytes) +
-        " bytes of shared memory (more than the device's " + std::to_string(max_optin) +
-        "): the source images are too large relative to the output size; resize them first");
+        "jem_fast augment_views: resampling a " + std::to_string(max_in_h) + " x " +
+        std::to_string(max_in_w) + " source to " + std::to_string(p.out_h) + " x " +
+        std::to_string(p.out_w) + " needs " + std::to_string(bytes) +
+        " bytes of shared memory for its filter taps, more than this GPU's " +
+        std::to_string(max_optin) + ": downscale the images (e.g. to at most ~" +
+        std::to_string(std::max<int64_t>(p.out_h, p.out_w) * 16) + " pixels per side) first");
   }
   if (bytes > 48 * 1024) {
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -367,26 +409,38 @@ void reserve_smem(K kernel, size_t bytes, const char* what) {
 }
 
 template <typename out_t>
-void launch(const Params& p, const ImageDesc* images, int64_t max_in_h, int64_t max_in_w,
-            float* scratch, float* partials, cudaStream_t stream) {
+void launch_views(const Params& p, const ImageDesc* images_host, ImageDesc* images_dev,
+                  int64_t max_in_h, int64_t max_in_w, float* scratch, float* partials,
+                  cudaStream_t stream) {
   const Tiles t = tiles_of(p.out_h, p.out_w);
   // Tap capacity: the largest crop is the largest image (crops are clamped into their image).
   const int tx_cap = axis_scale(max_in_w, p.out_w, p.bicubic).max_taps;
   const int ty_cap = axis_scale(max_in_h, p.out_h, p.bicubic).max_taps;
   const Smem1 l1 = smem1_layout(tx_cap, ty_cap);
   const Smem2 l2 = smem2_layout(p.blur_kernel / 2);
-  reserve_smem(resample_color_kernel<out_t>, l1.bytes, "the resample kernel");
-  reserve_smem(finish_kernel<out_t>, l2.bytes, "the blur kernel");
+  if (p.blur_kernel < 1 || p.blur_kernel > kMaxBlurKernel || l2.bytes > kMaxFinishSmemBytes) {
+    throw std::invalid_argument("jem_fast augment_views: blur kernel size must be in [1, " +
+                                std::to_string(kMaxBlurKernel) + "], got " +
+                                std::to_string(p.blur_kernel));
+  }
+  reserve_resample_smem(resample_color_kernel<out_t>, l1.bytes, max_in_h, max_in_w, p);
   if (p.batch * t.x > INT_MAX || t.y > 65535) {
     throw std::runtime_error("jem_fast augment_views: too many views x tiles for one launch");
   }
+  for (int64_t first = 0; first < p.batch; first += kDescsPerLaunch) {
+    DescriptorChunk chunk{};
+    chunk.first = first;
+    chunk.count = static_cast<int>(std::min<int64_t>(kDescsPerLaunch, p.batch - first));
+    for (int i = 0; i < chunk.count; ++i) chunk.desc[i] = images_host[first + i];
+    cuda::launch("augment_views store_descriptors", store_descriptors_kernel, dim3(1),
+                 dim3(kDescsPerLaunch), 0, stream, chunk, images_dev);
+  }
   const dim3 grid(static_cast<unsigned>(p.batch * t.x), t.y);
   const dim3 block(kTileW, kThreadsY);
-  resample_color_kernel<out_t><<<grid, block, l1.bytes, stream>>>(p, images, l1, t.x, scratch,
-                                                                  partials);
-  cuda::check_launch("augment_views resample_color_kernel");
-  finish_kernel<out_t><<<grid, block, l2.bytes, stream>>>(p, l2, t.x, scratch, partials);
-  cuda::check_launch("augment_views finish_kernel");
+  cuda::launch("augment_views resample_color", resample_color_kernel<out_t>, grid, block, l1.bytes,
+               stream, p, static_cast<const ImageDesc*>(images_dev), l1, t.x, scratch, partials);
+  cuda::launch("augment_views finish", finish_kernel<out_t>, grid, block, l2.bytes, stream, p, l2,
+               t.x, static_cast<const float*>(scratch), static_cast<const float*>(partials));
 }
 
 }  // namespace
@@ -396,15 +450,22 @@ int64_t augment_cuda_tiles(int64_t out_h, int64_t out_w) {
   return int64_t(t.x) * t.y;
 }
 
-void augment_views_cuda(const Params& p, const ImageDesc* images_dev, int64_t max_in_h,
-                        int64_t max_in_w, float* scratch, float* partials, void* stream) {
+void augment_views_cuda(const Params& p, const ImageDesc* images_host, ImageDesc* images_dev,
+                        int64_t max_in_h, int64_t max_in_w, float* scratch, float* partials,
+                        void* stream) {
+  if (p.batch == 0) return;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (p.out_dtype) {
-    case DType::kFloat16: launch<__half>(p, images_dev, max_in_h, max_in_w, scratch, partials, s); break;
-    case DType::kBFloat16:
-      launch<__nv_bfloat16>(p, images_dev, max_in_h, max_in_w, scratch, partials, s);
+    case DType::kFloat16:
+      launch_views<__half>(p, images_host, images_dev, max_in_h, max_in_w, scratch, partials, s);
       break;
-    default: launch<float>(p, images_dev, max_in_h, max_in_w, scratch, partials, s); break;
+    case DType::kBFloat16:
+      launch_views<__nv_bfloat16>(p, images_host, images_dev, max_in_h, max_in_w, scratch,
+                                  partials, s);
+      break;
+    default:
+      launch_views<float>(p, images_host, images_dev, max_in_h, max_in_w, scratch, partials, s);
+      break;
   }
 }
 

@@ -35,12 +35,13 @@ __device__ __forceinline__ A warp_sum(A v) {
 // 1 / ||x_i||, scaled by the row's largest magnitude first so that neither underflowing nor
 // overflowing squares give a wrong norm; 0 for a zero row.
 template <typename T>
-__global__ void inverse_row_norms_kernel(const T* __restrict__ x, int64_t rows, int64_t D,
+__global__ void __launch_bounds__(kThreads)
+inverse_row_norms_kernel(const T* __restrict__ x, int64_t rows, int64_t D,
                                          acc_t<T>* __restrict__ inv_norm) {
   using A = acc_t<T>;
   const int lane = threadIdx.x & 31;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (i >= rows) return;
+  if (i >= rows) return;  // warp-uniform: a warp owns one row
   const T* row = x + i * D;
   A m = 0;
   for (int64_t d = lane; d < D; d += 32) m = fmax(m, fabs(load_acc(row + d)));
@@ -61,13 +62,14 @@ __global__ void inverse_row_norms_kernel(const T* __restrict__ x, int64_t rows, 
 }
 
 template <typename A>
-__global__ void argmax_tile_kernel(const A* __restrict__ S, int64_t rows, int64_t cols,
+__global__ void __launch_bounds__(kThreads)
+argmax_tile_kernel(const A* __restrict__ S, int64_t rows, int64_t cols,
                                    int64_t col0, const A* __restrict__ inv_x,
                                    const A* __restrict__ inv_c, bool first, bool last,
                                    int64_t* __restrict__ index, A* __restrict__ score) {
   const int lane = threadIdx.x & 31;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (i >= rows) return;
+  if (i >= rows) return;  // warp-uniform: a warp owns one row
   const A* s = S + i * cols;
   const A* ic = inv_c + col0;
   A best = A(-INFINITY);
@@ -105,11 +107,10 @@ void inverse_row_norms_cuda(DType dtype, const void* x, int64_t rows, int64_t D,
   if (rows == 0) return;
   cuda::dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    inverse_row_norms_kernel<T><<<static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock)), kThreads,
-                                  0, stream>>>(static_cast<const T*>(x), rows, D,
-                                               static_cast<acc_t<T>*>(inv_norm));
+    cuda::launch("assign_to_centroids inverse_row_norms", inverse_row_norms_kernel<T>,
+                 dim3(static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock))), dim3(kThreads), 0,
+                 stream, static_cast<const T*>(x), rows, D, static_cast<acc_t<T>*>(inv_norm));
   });
-  cuda::check_launch("assign_to_centroids inverse_row_norms");
 }
 
 void argmax_tile_cuda(bool is_double, const void* S, int64_t rows, int64_t cols, int64_t col0,
@@ -118,12 +119,11 @@ void argmax_tile_cuda(bool is_double, const void* S, int64_t rows, int64_t cols,
   if (rows == 0 || cols == 0) return;
   cuda::dispatch_acc(is_double, [&](auto tag) {
     using A = decltype(tag);
-    argmax_tile_kernel<A><<<static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock)), kThreads, 0,
-                            stream>>>(static_cast<const A*>(S), rows, cols, col0,
-                                      static_cast<const A*>(inv_x), static_cast<const A*>(inv_c),
-                                      first, last, index, static_cast<A*>(score));
+    cuda::launch("assign_to_centroids argmax_tile", argmax_tile_kernel<A>,
+                 dim3(static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock))), dim3(kThreads), 0,
+                 stream, static_cast<const A*>(S), rows, cols, col0, static_cast<const A*>(inv_x),
+                 static_cast<const A*>(inv_c), first, last, index, static_cast<A*>(score));
   });
-  cuda::check_launch("assign_to_centroids argmax_tile");
 }
 
 }  // namespace cluster

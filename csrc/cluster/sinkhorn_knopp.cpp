@@ -154,7 +154,7 @@ at::Tensor sinkhorn_knopp(const at::Tensor& scores, double epsilon, int64_t iter
       f = row_potential_impl(S, scale, g, std::log(static_cast<double>(B)));
     }
   }
-  if (check_finite) {
+  if (check_finite && !capturing_cuda_graph(f)) {
     TORCH_CHECK(at::isfinite(f).all().item<bool>() && at::isfinite(g).all().item<bool>(), kOp,
                 ": scores contain NaN or +-Inf (or a row or column with every score at -inf); "
                 "the assignment is undefined. Pass check_finite=False to skip this check (and "

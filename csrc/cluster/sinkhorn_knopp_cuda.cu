@@ -3,6 +3,7 @@
 // slices. Row step: one block per row, online (max, sum) per thread merged through the block.
 // Plan: one block per row. Scores are read in their own dtype and promoted to float32 (float64
 // for float64 scores); CUDA headers only.
+#include <algorithm>
 #include <cmath>
 
 #include "cluster/sinkhorn_knopp_kernels.h"
@@ -37,14 +38,15 @@ int64_t row_slices(int64_t B, int64_t K) {
 }
 
 template <typename T>
-__global__ void column_partial_kernel(const T* __restrict__ S, int64_t B, int64_t K,
+__global__ void __launch_bounds__(kColumnThreads)
+column_partial_kernel(const T* __restrict__ S, int64_t B, int64_t K,
                                       acc_t<T> scale, const acc_t<T>* __restrict__ f,
                                       int64_t rows_per_slice, acc_t<T>* __restrict__ partial) {
   using A = acc_t<T>;
   const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (k >= K) return;
+  if (k >= K) return;  // no barrier in this kernel
   const int64_t b0 = static_cast<int64_t>(blockIdx.y) * rows_per_slice;
-  const int64_t b1 = min(B, b0 + rows_per_slice);
+  const int64_t b1 = std::min<int64_t>(B, b0 + rows_per_slice);
   A m = -INFINITY, s = 0;
   for (int64_t b = b0; b < b1; ++b) {
     const A x = scale * load_acc(S + b * K + k) + (f ? f[b] : A(0));
@@ -56,7 +58,8 @@ __global__ void column_partial_kernel(const T* __restrict__ S, int64_t B, int64_
 }
 
 template <typename A>
-__global__ void column_merge_kernel(const A* __restrict__ partial, int64_t slices, int64_t K,
+__global__ void __launch_bounds__(kColumnThreads)
+column_merge_kernel(const A* __restrict__ partial, int64_t slices, int64_t K,
                                     A* __restrict__ colmax, A* __restrict__ colsum) {
   const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= K) return;
@@ -67,7 +70,8 @@ __global__ void column_merge_kernel(const A* __restrict__ partial, int64_t slice
 }
 
 template <typename T>
-__global__ void row_potential_kernel(const T* __restrict__ S, int64_t K, acc_t<T> scale,
+__global__ void __launch_bounds__(kRowThreads)
+row_potential_kernel(const T* __restrict__ S, int64_t K, acc_t<T> scale,
                                      const acc_t<T>* __restrict__ g, acc_t<T> log_rows,
                                      acc_t<T>* __restrict__ f) {
   using A = acc_t<T>;
@@ -81,7 +85,8 @@ __global__ void row_potential_kernel(const T* __restrict__ S, int64_t K, acc_t<T
 }
 
 template <typename T>
-__global__ void plan_kernel(const T* __restrict__ S, int64_t K, acc_t<T> scale,
+__global__ void __launch_bounds__(kRowThreads)
+plan_kernel(const T* __restrict__ S, int64_t K, acc_t<T> scale,
                             const acc_t<T>* __restrict__ f, const acc_t<T>* __restrict__ g,
                             acc_t<T> rows, acc_t<T>* __restrict__ Q) {
   using A = acc_t<T>;
@@ -107,14 +112,13 @@ void column_stats_cuda(DType dtype, const void* S, int64_t B, int64_t K, double 
     using T = decltype(tag);
     using A = acc_t<T>;
     const dim3 grid(static_cast<unsigned>(ceil_div(K, kColumnThreads)), static_cast<unsigned>(slices));
-    column_partial_kernel<T><<<grid, kColumnThreads, 0, stream>>>(
-        static_cast<const T*>(S), B, K, static_cast<A>(scale), static_cast<const A*>(f),
-        rows_per_slice, static_cast<A*>(partial));
-    cuda::check_launch("sinkhorn column_partial_kernel");
-    column_merge_kernel<A><<<static_cast<unsigned>(ceil_div(K, kColumnThreads)), kColumnThreads, 0,
-                             stream>>>(static_cast<const A*>(partial), slices, K,
-                                       static_cast<A*>(colmax), static_cast<A*>(colsum));
-    cuda::check_launch("sinkhorn column_merge_kernel");
+    cuda::launch("sinkhorn column_partial", column_partial_kernel<T>, grid, dim3(kColumnThreads),
+                 0, stream, static_cast<const T*>(S), B, K, static_cast<A>(scale),
+                 static_cast<const A*>(f), rows_per_slice, static_cast<A*>(partial));
+    cuda::launch("sinkhorn column_merge", column_merge_kernel<A>,
+                 dim3(static_cast<unsigned>(ceil_div(K, kColumnThreads))), dim3(kColumnThreads), 0,
+                 stream, static_cast<const A*>(partial), slices, K, static_cast<A*>(colmax),
+                 static_cast<A*>(colsum));
   });
 }
 
@@ -123,10 +127,9 @@ void row_potential_cuda(DType dtype, const void* S, int64_t B, int64_t K, double
   cuda::dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
-    row_potential_kernel<T><<<static_cast<unsigned>(B), kRowThreads, 0, stream>>>(
-        static_cast<const T*>(S), K, static_cast<A>(scale), static_cast<const A*>(g),
-        static_cast<A>(log_rows), static_cast<A*>(f));
-    cuda::check_launch("sinkhorn row_potential_kernel");
+    cuda::launch("sinkhorn row_potential", row_potential_kernel<T>, dim3(static_cast<unsigned>(B)),
+                 dim3(kRowThreads), 0, stream, static_cast<const T*>(S), K, static_cast<A>(scale),
+                 static_cast<const A*>(g), static_cast<A>(log_rows), static_cast<A*>(f));
   });
 }
 
@@ -135,10 +138,10 @@ void plan_cuda(DType dtype, const void* S, int64_t B, int64_t K, double scale, c
   cuda::dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
-    plan_kernel<T><<<static_cast<unsigned>(B), kRowThreads, 0, stream>>>(
-        static_cast<const T*>(S), K, static_cast<A>(scale), static_cast<const A*>(f),
-        static_cast<const A*>(g), static_cast<A>(rows), static_cast<A*>(Q));
-    cuda::check_launch("sinkhorn plan_kernel");
+    cuda::launch("sinkhorn plan", plan_kernel<T>, dim3(static_cast<unsigned>(B)), dim3(kRowThreads),
+                 0, stream, static_cast<const T*>(S), K, static_cast<A>(scale),
+                 static_cast<const A*>(f), static_cast<const A*>(g), static_cast<A>(rows),
+                 static_cast<A*>(Q));
   });
 }
 

@@ -6,10 +6,12 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "common/kernel_dtype.h"
 
@@ -63,12 +65,64 @@ __device__ T block_reduce_sum(T v, T* shared) {
   return shared[0];
 }
 
-inline void check_launch(const char* what) {
+// Launches `kernel` and throws if that launch fails, with the configuration in the message.
+// cudaLaunchKernelEx returns the status of this launch itself; cudaGetLastError after a <<<>>>
+// launch could report (and clear) an earlier kernel's error instead. An empty grid launches
+// nothing. Under HIP-CPU emulation (tests/cuda_emu) the kernel runs on CPU threads.
+template <typename... Params, typename... Args>
+void launch(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
+            cudaStream_t stream, Args&&... args) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+#ifdef __HIP_CPU_RT__
+  hipLaunchKernelGGL(kernel, grid, block, smem_bytes, stream, static_cast<Params>(args)...);
   const cudaError_t err = cudaGetLastError();
+#else
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem_bytes;
+  config.stream = stream;
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+#endif
   if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("jem_fast: CUDA launch of ") + what +
-                             " failed: " + cudaGetErrorString(err));
+    throw std::runtime_error(
+        std::string("jem_fast: CUDA launch of ") + what + " failed: " + cudaGetErrorString(err) +
+        " (grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) + "x" +
+        std::to_string(grid.z) + ", block " + std::to_string(block.x) + "x" +
+        std::to_string(block.y) + ", " + std::to_string(smem_bytes) + " B dynamic shared memory)");
   }
+}
+
+// A grid-stride loop over the elements of a row-major (rows, cols) array that keeps the element's
+// row and column without a 64-bit division per element (tens of cycles each in a memory-bound
+// loop): one division when the thread starts, then additions.
+struct GridStrideCursor {
+  int64_t i, row, col;
+  int64_t cols, step, step_rows, step_cols;
+  __device__ __forceinline__ explicit GridStrideCursor(int64_t num_cols) : cols(num_cols) {
+    i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    row = i / cols;
+    col = i - row * cols;
+    step_rows = step / cols;
+    step_cols = step - step_rows * cols;
+  }
+  __device__ __forceinline__ void advance() {
+    i += step;
+    row += step_rows;
+    col += step_cols;
+    if (col >= cols) {
+      col -= cols;
+      ++row;
+    }
+  }
+};
+
+// Blocks for a grid-stride elementwise kernel over `total` elements: enough to fill any GPU
+// (a few waves on 132+ SMs), never more than there are elements.
+inline unsigned elementwise_blocks(int64_t total, int threads, int64_t max_blocks) {
+  const int64_t blocks = (total + threads - 1) / threads;
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(blocks, max_blocks)));
 }
 
 // Calls f(T{}) with T the CUDA element type for `dtype`.

@@ -40,6 +40,24 @@ class DeviceScope {
 #endif
 };
 
+// True while the current CUDA stream of `t`'s device is being captured into a CUDA graph (also
+// under torch.compile(mode="reduce-overhead")). Ops skip their host-synchronizing checks then
+// (check_finite, parameter validation): a device -> host copy is illegal during capture.
+inline bool capturing_cuda_graph(const at::Tensor& t) {
+#ifdef WITH_CUDA
+  if (!t.is_cuda()) return false;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  const cudaError_t err =
+      cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(t.device().index()).stream(), &status);
+  TORCH_CHECK(err == cudaSuccess, "jem_fast: cudaStreamIsCapturing failed: ",
+              cudaGetErrorString(err));
+  return status != cudaStreamCaptureStatusNone;
+#else
+  (void)t;
+  return false;
+#endif
+}
+
 // Checks shared by every loss taking two (N, D) embedding batches.
 // `min_rows` is the smallest batch for which the loss is defined (2 when a variance is needed).
 inline void check_embedding_pair(const at::Tensor& a, const at::Tensor& b, const char* name_a,
@@ -96,7 +114,11 @@ inline void mm_acc_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b
     return;
   }
   static const auto handle = c10::Dispatcher::singleton().findSchema({"aten::mm", "dtype_out"});
-  if (handle.has_value() && a.is_cuda()) {
+  // ATen's fp16-in / fp32-out GEMM refuses to run while
+  // torch.backends.cuda.matmul.allow_fp16_accumulation is set; the upcast below is exact.
+  const bool fp16_accumulation =
+      t == at::kHalf && at::globalContext().allowFP16AccumulationCuBLAS();
+  if (handle.has_value() && a.is_cuda() && !fp16_accumulation) {
     static const auto op =
         handle->typed<at::Tensor&(const at::Tensor&, const at::Tensor&, at::ScalarType,
                                   at::Tensor&)>();
@@ -107,22 +129,32 @@ inline void mm_acc_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b
 }
 
 // y = m @ x (or x @ m when m_on_right) with m a float32 matrix and x in the compute dtype.
-// For low-precision x, m is scaled into [-1, 1] before the cast so float16 cannot overflow and
-// the product is rescaled in float32.
+// For low-precision x, m is scaled into [-1, 1] (so float16 cannot overflow) and split into a
+// high and a low half-precision part, m / scale ~ hi + lo * 2^-p with p the format's mantissa
+// bits: two tensor-core GEMMs with float32 accumulation whose sum carries ~2p bits of m, where a
+// single cast would round every element of m (e.g. the logit gradient of a 65536-wide softmax,
+// mostly ~1e-5 of its maximum) to 11 bits or into float16's subnormals.
 inline at::Tensor mm_matrix_times(const at::Tensor& m, const at::Tensor& x, bool m_on_right) {
   const auto acc = m.scalar_type();
   if (x.scalar_type() == acc) return m_on_right ? at::mm(x, m) : at::mm(m, x);
+  const auto low = x.scalar_type();
+  const double lo_scale = low == at::kHalf ? 2048.0 : 256.0;  // 2^(mantissa bits + 1)
   const at::Tensor scale = m.abs().amax().clamp_min(1e-30);
-  const at::Tensor m_low = (m / scale).to(x.scalar_type());
+  const at::Tensor m_unit = m / scale;
+  const at::Tensor m_hi = m_unit.to(low);
+  const at::Tensor m_lo = (m_unit - m_hi.to(acc)).mul_(lo_scale).to(low);
   const int64_t rows = m_on_right ? x.size(0) : m.size(0);
   const int64_t cols = m_on_right ? m.size(1) : x.size(1);
   at::Tensor y = at::empty({rows, cols}, x.options().dtype(acc));
+  at::Tensor y_lo = at::empty({rows, cols}, x.options().dtype(acc));
   if (m_on_right) {
-    mm_acc_out(y, x, m_low);
+    mm_acc_out(y, x, m_hi);
+    mm_acc_out(y_lo, x, m_lo);
   } else {
-    mm_acc_out(y, m_low, x);
+    mm_acc_out(y, m_hi, x);
+    mm_acc_out(y_lo, m_lo, x);
   }
-  return y.mul_(scale);
+  return y.add_(y_lo, 1.0 / lo_scale).mul_(scale);
 }
 
 // mm_matrix_times, written into `out` (the gradient buffer the epilogue then overwrites in place)

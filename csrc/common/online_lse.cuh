@@ -33,19 +33,23 @@ __device__ __forceinline__ void merge_lse(A& m, A& s, A m2, A s2) {
   }
 }
 
-// One exp per element unless the maximum moves.
+// One exp per element unless the maximum moves. A -inf element adds exp(-inf) = 0 and is skipped:
+// computing exp(x - m) with m == x == -inf would give NaN and poison the whole pair (the CPU
+// kernels skip it too). NaN still propagates.
 template <typename A>
 __device__ __forceinline__ void add_lse(A& m, A& s, A x) {
   if (x > m) {
     s = s * acc_exp(m - x) + A(1);
     m = x;
-  } else {
+  } else if (x != A(-INFINITY)) {
     s += acc_exp(x - m);
   }
 }
 
 // Merge of every thread's pair over a 1-D block (blockDim.x a multiple of 32, at most 1024);
-// the result is valid in thread 0. shared_m / shared_s hold at least 32 values each.
+// the result is valid in thread 0. shared_m / shared_s hold at least 32 values each. Every
+// thread of the block must call it (it has barriers); it ends with one, so the caller may reuse
+// the shared arrays right away.
 template <typename A>
 __device__ void block_merge_lse(A& m, A& s, A* shared_m, A* shared_s) {
   for (int offset = 16; offset > 0; offset >>= 1) {
@@ -67,6 +71,7 @@ __device__ void block_merge_lse(A& m, A& s, A* shared_m, A* shared_s) {
                 __shfl_down_sync(0xffffffffu, s, offset));
     }
   }
+  __syncthreads();
 }
 
 }  // namespace cuda

@@ -83,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> barlow_twins_forward(
   cudaStream_t stream = moments.stream;
   barlow_twins_finalize_cuda(moments.is_double, moments.partials.data_ptr(), moments.splits, N, D, gram_route,
                              colstats.data_ptr(), terms.data_ptr(), moments.flags.data_ptr<int>(),
-                             stream);
+                             moments.workspace.data_ptr(), stream);
   for (int v = 0; v < 2; ++v) {
     center_scale_columns_cuda(moments.dtype, (v == 0 ? z_a : z_b).data_ptr(),
                               colstats[v == 0 ? kMeanA : kMeanB].data_ptr(),
@@ -96,7 +96,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> barlow_twins_forward(
   const void* ws[1] = {gram_route ? gram[1].data_ptr() : gram[0].data_ptr()};
   add_frobenius_dots_cuda(moments.is_double, 1, us, ws, R, R, !gram_route, fro_scale, terms.data_ptr(), 1,
                           moments.workspace.data_ptr(), stream);
-  if (check_finite) raise_non_finite(moments.flags.item<int>(), kLoss, "z_a", "z_b");
+  if (check_finite && !capturing_cuda_graph(z_a)) {
+    raise_non_finite(moments.flags.item<int>(), kLoss, "z_a", "z_b");
+  }
   return {terms, normalized, gram, colstats};
 #else
   TORCH_CHECK(false, kLoss, ": got CUDA tensors. ", kRebuildHint);

@@ -1,6 +1,6 @@
-// Barlow Twins CUDA kernels: the O(D) finalize (batch-norm statistics and the on-diagonal terms,
-// one block, deterministic) and the gradient through the batch norm: a split-row column
-// reduction followed by one elementwise pass that writes the gradient once.
+// Barlow Twins CUDA kernels: the O(D) finalize (batch-norm statistics and the on-diagonal terms;
+// column blocks + a fixed-order merge, deterministic) and the gradient through the batch norm:
+// a split-row column reduction followed by one elementwise pass that writes the gradient once.
 #include <cmath>
 
 #include "common/cuda_utils.cuh"
@@ -17,15 +17,16 @@ using cuda::load_acc;
 namespace {
 
 constexpr double kBatchNormEps = 1e-5;  // F.batch_norm's default, what lightly uses
-constexpr int kFinalizeThreads = 1024;
+constexpr int kCoefficientThreads = 256;
+constexpr int kElementwiseThreads = 256;
 constexpr int kTileCols = 32;
 constexpr int kTileRows = 8;
 
 template <typename A>
-__global__ void barlow_twins_finalize_kernel(const A* __restrict__ partials, int64_t num_splits,
-                                             int64_t N, int64_t D, bool gram_route,
-                                             A* __restrict__ colstats, A* __restrict__ terms,
-                                             int* __restrict__ flags) {
+__global__ void __launch_bounds__(kFinalizeThreads)
+barlow_twins_finalize_columns_kernel(const A* __restrict__ partials, int64_t num_splits,
+                                     int64_t N, int64_t D, A* __restrict__ colstats,
+                                     FinalizeBlockPartials block_partials) {
   __shared__ double shared[32];
   __shared__ int shared_flags;
   if (threadIdx.x == 0) shared_flags = 0;
@@ -33,22 +34,52 @@ __global__ void barlow_twins_finalize_kernel(const A* __restrict__ partials, int
   const double n = static_cast<double>(N);
   double on_diag = 0.0, diagsq = 0.0;
   int local_flags = 0;
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (d < D) {  // no barrier inside: the reductions below are reached by every thread
     double s[kNumMoments - 2];
-    local_flags |= sum_moment_splits(partials, num_splits, D, d, s);
+    local_flags = sum_moment_splits(partials, num_splits, D, d, s);
     const double var_a = fmax(s[kSumAA] - s[kSumA] * s[kSumA] / n, 0.0) / n;
     const double var_b = fmax(s[kSumBB] - s[kSumB] * s[kSumB] / n, 0.0) / n;
     const double inv_std_a = 1.0 / sqrt(var_a + kBatchNormEps);
     const double inv_std_b = 1.0 / sqrt(var_b + kBatchNormEps);
     const double c = (s[kSumAB] - s[kSumA] * s[kSumB] / n) * inv_std_a * inv_std_b / n;
-    on_diag += (c - 1.0) * (c - 1.0);
-    diagsq += c * c;
+    on_diag = (c - 1.0) * (c - 1.0);
+    diagsq = c * c;
     colstats[kMeanA * D + d] = static_cast<A>(column_mean(partials, D, d, 0, s[kSumA], n));
     colstats[kMeanB * D + d] = static_cast<A>(column_mean(partials, D, d, 1, s[kSumB], n));
     colstats[kStat2A * D + d] = static_cast<A>(inv_std_a);
     colstats[kStat2B * D + d] = static_cast<A>(inv_std_b);
     colstats[kStat3A * D + d] = static_cast<A>(c);
     colstats[kStat3B * D + d] = A(0);
+  }
+  if (local_flags) atomicOr(&shared_flags, local_flags);
+  on_diag = cuda::block_reduce_sum<double>(on_diag, shared);
+  diagsq = cuda::block_reduce_sum<double>(diagsq, shared);
+  if (threadIdx.x == 0) {
+    double* out = block_partials.sums + static_cast<int64_t>(blockIdx.x) * kFinalizeSumsPerBlock;
+    out[0] = on_diag;
+    out[1] = diagsq;
+    out[2] = 0.0;
+    block_partials.flags[blockIdx.x] = shared_flags;
+  }
+}
+
+template <typename A>
+__global__ void __launch_bounds__(kFinalizeThreads)
+barlow_twins_finalize_terms_kernel(FinalizeBlockPartials block_partials, int num_blocks,
+                                   bool gram_route, A* __restrict__ terms,
+                                   int* __restrict__ flags) {
+  __shared__ double shared[32];
+  __shared__ int shared_flags;
+  if (threadIdx.x == 0) shared_flags = 0;
+  __syncthreads();
+  double on_diag = 0.0, diagsq = 0.0;
+  int local_flags = 0;
+  for (int b = threadIdx.x; b < num_blocks; b += blockDim.x) {
+    const double* p = block_partials.sums + static_cast<int64_t>(b) * kFinalizeSumsPerBlock;
+    on_diag += p[0];
+    diagsq += p[1];
+    local_flags |= block_partials.flags[b];
   }
   if (local_flags) atomicOr(&shared_flags, local_flags);
   on_diag = cuda::block_reduce_sum<double>(on_diag, shared);
@@ -66,7 +97,8 @@ __global__ void barlow_twins_finalize_kernel(const A* __restrict__ partials, int
 // normalized columns have zero mean, so mean_n dA = 0 (1^T B = 0 makes 1^T y = 0 too), and
 // mean_n(other * self) = c: only sum_n y * self needs a reduction, done here per row split.
 template <typename T>
-__global__ void barlow_sum_y_self_kernel(const acc_t<T>* __restrict__ y,
+__global__ void __launch_bounds__(kTileCols * kTileRows)
+barlow_sum_y_self_kernel(const acc_t<T>* __restrict__ y,
                                          const T* __restrict__ self_norm, int64_t N, int64_t D,
                                          int64_t rows_per_split, acc_t<T>* __restrict__ partials) {
   using A = acc_t<T>;
@@ -92,7 +124,8 @@ __global__ void barlow_sum_y_self_kernel(const acc_t<T>* __restrict__ y,
 
 // Per-column coefficients from the split partial sums: coef (of other) and mean_n(dA * self).
 template <typename A>
-__global__ void barlow_column_coefficients_kernel(const A* __restrict__ grad_terms,
+__global__ void __launch_bounds__(kCoefficientThreads)
+barlow_column_coefficients_kernel(const A* __restrict__ grad_terms,
                                                   const A* __restrict__ colstats, int64_t N,
                                                   int64_t D, int64_t num_splits,
                                                   const A* __restrict__ partials,
@@ -112,7 +145,8 @@ __global__ void barlow_column_coefficients_kernel(const A* __restrict__ grad_ter
 
 // `y` and `grad` may be the same buffer: each element is read before it is written.
 template <typename T>
-__global__ void barlow_backward_apply_kernel(const acc_t<T>* __restrict__ grad_terms,
+__global__ void __launch_bounds__(kElementwiseThreads)
+barlow_backward_apply_kernel(const acc_t<T>* __restrict__ grad_terms,
                                              const acc_t<T>* y,
                                              const T* __restrict__ self_norm,
                                              const T* __restrict__ other_norm,
@@ -125,9 +159,8 @@ __global__ void barlow_backward_apply_kernel(const acc_t<T>* __restrict__ grad_t
   const A alpha = A(2) * grad_terms[1] / (n * n);
   const A* inv_std = colstats + (view == 0 ? kStat2A : kStat2B) * D;
   const int64_t total = N * D;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t d = i % D;
+  for (cuda::GridStrideCursor c(D); c.i < total; c.advance()) {
+    const int64_t i = c.i, d = c.col;
     const A a = load_acc(self_norm + i);
     const A da = alpha * y[i] + coefficients[d] * load_acc(other_norm + i);
     grad[i] = cuda::store_cast<T>(static_cast<double>(inv_std[d] * (da - a * coefficients[D + d])));
@@ -138,14 +171,19 @@ __global__ void barlow_backward_apply_kernel(const acc_t<T>* __restrict__ grad_t
 
 void barlow_twins_finalize_cuda(bool is_double, const void* partials, int64_t num_splits,
                                 int64_t N, int64_t D, bool gram_route, void* colstats,
-                                void* terms, int* flags, cudaStream_t stream) {
+                                void* terms, int* flags, void* workspace, cudaStream_t stream) {
+  const int num_blocks = finalize_num_blocks(D);
+  const FinalizeBlockPartials block_partials = finalize_block_partials(workspace, num_blocks);
   cuda::dispatch_acc(is_double, [&](auto tag) {
     using A = decltype(tag);
-    barlow_twins_finalize_kernel<A><<<1, kFinalizeThreads, 0, stream>>>(
-        static_cast<const A*>(partials), num_splits, N, D, gram_route,
-        static_cast<A*>(colstats), static_cast<A*>(terms), flags);
+    cuda::launch("barlow_twins_finalize_columns", barlow_twins_finalize_columns_kernel<A>,
+                 dim3(static_cast<unsigned>(num_blocks)), dim3(kFinalizeThreads), 0, stream,
+                 static_cast<const A*>(partials), num_splits, N, D, static_cast<A*>(colstats),
+                 block_partials);
+    cuda::launch("barlow_twins_finalize_terms", barlow_twins_finalize_terms_kernel<A>, dim3(1),
+                 dim3(kFinalizeThreads), 0, stream, block_partials, num_blocks, gram_route,
+                 static_cast<A*>(terms), flags);
   });
-  cuda::check_launch("barlow_twins_finalize");
 }
 
 void barlow_twins_backward_view_cuda(DType dtype, const void* grad_terms, const void* y,
@@ -156,26 +194,26 @@ void barlow_twins_backward_view_cuda(DType dtype, const void* grad_terms, const 
   const int64_t rows_per_split = ceil_div(N, splits);
   const dim3 grid(static_cast<unsigned>(ceil_div(D, kTileCols)), static_cast<unsigned>(splits));
   const dim3 block(kTileCols, kTileRows);
+  const unsigned apply_blocks = cuda::elementwise_blocks(N * D, kElementwiseThreads, 8192);
   cuda::dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
     A* partials = static_cast<A*>(workspace);
     A* coefficients = partials + splits * D;
-    barlow_sum_y_self_kernel<T><<<grid, block, 0, stream>>>(
-        static_cast<const A*>(y), static_cast<const T*>(self_norm), N, D, rows_per_split,
-        partials);
-    barlow_column_coefficients_kernel<A><<<static_cast<unsigned>(ceil_div(D, 256)), 256, 0, stream>>>(
-        static_cast<const A*>(grad_terms), static_cast<const A*>(colstats), N, D, splits, partials,
-        coefficients);
-    int64_t blocks = ceil_div(N * D, 256);
-    if (blocks > 8192) blocks = 8192;
-    if (blocks < 1) blocks = 1;
-    barlow_backward_apply_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
-        static_cast<const A*>(grad_terms), static_cast<const A*>(y),
-        static_cast<const T*>(self_norm), static_cast<const T*>(other_norm),
-        static_cast<const A*>(colstats), view, N, D, coefficients, static_cast<T*>(grad));
+    cuda::launch("barlow_sum_y_self", barlow_sum_y_self_kernel<T>, grid, block, 0, stream,
+                 static_cast<const A*>(y), static_cast<const T*>(self_norm), N, D, rows_per_split,
+                 partials);
+    cuda::launch("barlow_column_coefficients", barlow_column_coefficients_kernel<A>,
+                 dim3(static_cast<unsigned>(ceil_div(D, kCoefficientThreads))),
+                 dim3(kCoefficientThreads), 0, stream, static_cast<const A*>(grad_terms),
+                 static_cast<const A*>(colstats), N, D, splits,
+                 static_cast<const A*>(partials), coefficients);
+    cuda::launch("barlow_backward_apply", barlow_backward_apply_kernel<T>, dim3(apply_blocks),
+                 dim3(kElementwiseThreads), 0, stream, static_cast<const A*>(grad_terms),
+                 static_cast<const A*>(y), static_cast<const T*>(self_norm),
+                 static_cast<const T*>(other_norm), static_cast<const A*>(colstats), view, N, D,
+                 static_cast<const A*>(coefficients), static_cast<T*>(grad));
   });
-  cuda::check_launch("barlow_twins_backward_view");
 }
 
 }  // namespace covariance

@@ -21,7 +21,8 @@ using cuda::load_acc;
 constexpr int kThreads = 512;
 
 template <typename I, typename A>
-__global__ void centered_softmax_kernel(const I* __restrict__ x, const A* __restrict__ center,
+__global__ void __launch_bounds__(kThreads)
+centered_softmax_kernel(const I* __restrict__ x, const A* __restrict__ center,
                                         int64_t K, A scale, A* __restrict__ out) {
   __shared__ A shared_m[32], shared_s[32];
   __shared__ A row_lse;
@@ -49,10 +50,9 @@ void forward_cuda(DType dtype, const void* x, const void* center, int64_t B, int
   cuda::dispatch_dtype(dtype, [&](auto tag) {
     using I = decltype(tag);
     using A = acc_t<I>;
-    centered_softmax_kernel<I, A><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
-        static_cast<const I*>(x), static_cast<const A*>(center), K, static_cast<A>(scale),
-        static_cast<A*>(out));
-    cuda::check_launch("centered_softmax_kernel");
+    cuda::launch("centered_softmax", centered_softmax_kernel<I, A>, dim3(static_cast<unsigned>(B)),
+                 dim3(kThreads), 0, stream, static_cast<const I*>(x), static_cast<const A*>(center),
+                 K, static_cast<A>(scale), static_cast<A*>(out));
   });
 }
 

@@ -1,10 +1,40 @@
 // Device helpers over the split partial sums written by paired_column_moments_cuda.
 #pragma once
 
+#include <cstdint>
+
 #include "losses/covariance_kernels.h"
 
 namespace jem_fast {
 namespace covariance {
+
+// The finalize kernels of VICReg and Barlow Twins run one column per thread over
+// ceil(D / kFinalizeThreads) blocks; each block leaves up to 3 double sums and its NonFiniteFlag
+// bits in the workspace, and a one-block kernel merges them in a fixed order (deterministic).
+// 256 threads leave each thread up to 255 registers on every architecture.
+constexpr int kFinalizeThreads = 256;
+constexpr int kFinalizeSumsPerBlock = 3;
+
+struct FinalizeBlockPartials {
+  double* sums;  // (num_blocks, kFinalizeSumsPerBlock)
+  int* flags;    // (num_blocks)
+};
+
+inline int finalize_num_blocks(int64_t D) {
+  return static_cast<int>((D + kFinalizeThreads - 1) / kFinalizeThreads);
+}
+
+inline int64_t finalize_workspace_bytes(int64_t D) {
+  return static_cast<int64_t>(finalize_num_blocks(D)) *
+         (kFinalizeSumsPerBlock * static_cast<int64_t>(sizeof(double)) +
+          static_cast<int64_t>(sizeof(int)));
+}
+
+inline FinalizeBlockPartials finalize_block_partials(void* workspace, int num_blocks) {
+  double* sums = static_cast<double*>(workspace);
+  return {sums, reinterpret_cast<int*>(sums + static_cast<int64_t>(num_blocks) *
+                                                  kFinalizeSumsPerBlock)};
+}
 
 // s[m] = sum over the row splits of moment m of column d, in double (m < kSumDiffSq + 1);
 // returns the column's NonFiniteFlag bits.

@@ -2,6 +2,7 @@
 // tall-skinny batches such as N = 32768, D = 256 still fill the GPU), column centering/scaling and
 // deterministic Frobenius inner products.
 #include "common/cuda_utils.cuh"
+#include "losses/column_moments.cuh"
 #include "losses/covariance_kernels.h"
 
 namespace jem_fast {
@@ -18,9 +19,11 @@ constexpr int kTileRows = 8;    // threadIdx.y: rows interleaved within a split
 constexpr int kTargetBlocks = 1024;
 constexpr int kFrobeniusBlocks = 1024;
 constexpr int kFrobeniusThreads = 256;
+constexpr int kElementwiseThreads = 256;
 
 template <typename T>
-__global__ void paired_column_moments_kernel(const T* __restrict__ za, const T* __restrict__ zb,
+__global__ void __launch_bounds__(kTileCols * kTileRows)
+paired_column_moments_kernel(const T* __restrict__ za, const T* __restrict__ zb,
                                              int64_t N, int64_t D, int64_t rows_per_split,
                                              acc_t<T>* __restrict__ partials) {
   using A = acc_t<T>;
@@ -62,13 +65,13 @@ __global__ void paired_column_moments_kernel(const T* __restrict__ za, const T* 
 }
 
 template <typename T, typename A>
-__global__ void center_scale_columns_kernel(const T* __restrict__ z, const A* __restrict__ mean,
+__global__ void __launch_bounds__(kElementwiseThreads)
+center_scale_columns_kernel(const T* __restrict__ z, const A* __restrict__ mean,
                                             const A* __restrict__ scale, int64_t N, int64_t D,
                                             T* __restrict__ out) {
   const int64_t total = N * D;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t d = i % D;
+  for (cuda::GridStrideCursor c(D); c.i < total; c.advance()) {
+    const int64_t i = c.i, d = c.col;
     A v = load_acc(z + i) - mean[d];
     if (scale != nullptr) v *= scale[d];
     out[i] = cuda::store_cast<T>(static_cast<double>(v));
@@ -82,7 +85,8 @@ struct FrobeniusPairs {
 };
 
 template <typename A>
-__global__ void frobenius_partials_kernel(FrobeniusPairs pairs, int64_t R, int64_t C,
+__global__ void __launch_bounds__(kFrobeniusThreads)
+frobenius_partials_kernel(FrobeniusPairs pairs, int64_t R, int64_t C,
                                           bool skip_diagonal, double* __restrict__ partials) {
   __shared__ double shared[32];
   const int64_t total = R * C;
@@ -91,10 +95,9 @@ __global__ void frobenius_partials_kernel(FrobeniusPairs pairs, int64_t R, int64
     const A* u = static_cast<const A*>(pairs.u[p]);
     const A* v = static_cast<const A*>(pairs.v[p]);
     A acc = A(0);
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      if (skip_diagonal && (i / C) == (i % C)) continue;
-      acc += u[i] * v[i];
+    for (cuda::GridStrideCursor c(C); c.i < total; c.advance()) {
+      if (skip_diagonal && c.row == c.col) continue;
+      acc += u[c.i] * v[c.i];
     }
     block_sum += static_cast<double>(acc);
   }
@@ -103,7 +106,8 @@ __global__ void frobenius_partials_kernel(FrobeniusPairs pairs, int64_t R, int64
 }
 
 template <typename A>
-__global__ void add_scaled_sum_kernel(const double* __restrict__ partials, int n, double scale,
+__global__ void __launch_bounds__(kFrobeniusThreads)
+add_scaled_sum_kernel(const double* __restrict__ partials, int n, double scale,
                                       A* __restrict__ terms, int term_index) {
   __shared__ double shared[32];
   double s = 0.0;
@@ -129,7 +133,7 @@ int64_t cuda_workspace_bytes(int64_t N, int64_t D) {
   const int64_t frobenius = kFrobeniusBlocks * static_cast<int64_t>(sizeof(double));
   const int64_t column_sums =
       (moments_num_row_splits_cuda(N, D) + 2) * D * static_cast<int64_t>(sizeof(double));
-  return frobenius > column_sums ? frobenius : column_sums;
+  return std::max({frobenius, column_sums, finalize_workspace_bytes(D)});
 }
 
 void paired_column_moments_cuda(DType dtype, const void* za, const void* zb, int64_t N, int64_t D,
@@ -140,51 +144,49 @@ void paired_column_moments_cuda(DType dtype, const void* za, const void* zb, int
   const dim3 block(kTileCols, kTileRows);
   cuda::dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    paired_column_moments_kernel<T><<<grid, block, 0, stream>>>(
-        static_cast<const T*>(za), static_cast<const T*>(zb), N, D, rows_per_split,
-        static_cast<acc_t<T>*>(partials));
+    cuda::launch("paired_column_moments", paired_column_moments_kernel<T>, grid, block, 0, stream,
+                 static_cast<const T*>(za), static_cast<const T*>(zb), N, D, rows_per_split,
+                 static_cast<acc_t<T>*>(partials));
   });
-  cuda::check_launch("paired_column_moments");
 }
 
 void center_scale_columns_cuda(DType dtype, const void* z, const void* mean, const void* scale,
                                int64_t N, int64_t D, void* out, cudaStream_t stream) {
-  const int threads = 256;
-  int64_t blocks = ceil_div(N * D, threads);
-  if (blocks > 4096) blocks = 4096;
-  if (blocks < 1) blocks = 1;
+  const unsigned blocks = cuda::elementwise_blocks(N * D, kElementwiseThreads, 4096);
   cuda::dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
-    center_scale_columns_kernel<T, A><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-        static_cast<const T*>(z), static_cast<const A*>(mean), static_cast<const A*>(scale), N, D,
-        static_cast<T*>(out));
+    cuda::launch("center_scale_columns", center_scale_columns_kernel<T, A>, dim3(blocks),
+                 dim3(kElementwiseThreads), 0, stream, static_cast<const T*>(z),
+                 static_cast<const A*>(mean), static_cast<const A*>(scale), N, D,
+                 static_cast<T*>(out));
   });
-  cuda::check_launch("center_scale_columns");
 }
 
 void add_frobenius_dots_cuda(bool is_double, int num_pairs, const void* const* u,
                              const void* const* v, int64_t R, int64_t C, bool skip_diagonal,
                              double scale, void* terms, int term_index, void* workspace,
                              cudaStream_t stream) {
+  if (num_pairs < 1 || num_pairs > 2) {
+    throw std::invalid_argument("jem_fast: add_frobenius_dots_cuda takes 1 or 2 pairs, got " +
+                                std::to_string(num_pairs));
+  }
   FrobeniusPairs pairs{};
   pairs.num_pairs = num_pairs;
-  for (int p = 0; p < num_pairs && p < 2; ++p) {
+  for (int p = 0; p < num_pairs; ++p) {
     pairs.u[p] = u[p];
     pairs.v[p] = v[p];
   }
-  int64_t blocks = ceil_div(R * C, kFrobeniusThreads);
-  if (blocks > kFrobeniusBlocks) blocks = kFrobeniusBlocks;
-  if (blocks < 1) blocks = 1;
+  const unsigned blocks = cuda::elementwise_blocks(R * C, kFrobeniusThreads, kFrobeniusBlocks);
   double* partials = static_cast<double*>(workspace);
   cuda::dispatch_acc(is_double, [&](auto tag) {
     using A = decltype(tag);
-    frobenius_partials_kernel<A><<<static_cast<unsigned>(blocks), kFrobeniusThreads, 0, stream>>>(
-        pairs, R, C, skip_diagonal, partials);
-    add_scaled_sum_kernel<A><<<1, 1024, 0, stream>>>(partials, static_cast<int>(blocks), scale,
-                                                     static_cast<A*>(terms), term_index);
+    cuda::launch("frobenius_partials", frobenius_partials_kernel<A>, dim3(blocks),
+                 dim3(kFrobeniusThreads), 0, stream, pairs, R, C, skip_diagonal, partials);
+    cuda::launch("frobenius_add_scaled_sum", add_scaled_sum_kernel<A>, dim3(1),
+                 dim3(kFrobeniusThreads), 0, stream, static_cast<const double*>(partials),
+                 static_cast<int>(blocks), scale, static_cast<A*>(terms), term_index);
   });
-  cuda::check_launch("frobenius_dots");
 }
 
 }  // namespace covariance

@@ -101,9 +101,10 @@ void add_frobenius_dots_cuda(bool is_double, int num_pairs, const void* const* u
                              double scale, void* terms, int term_index, void* workspace,
                              cudaStream_t stream);
 
+// The finalize kernels use `workspace` (cuda_workspace_bytes) for their per-block partials.
 void vicreg_finalize_cuda(bool is_double, const void* partials, int64_t num_splits, int64_t N,
                           int64_t D, double eps, bool gram_route, void* colstats, void* terms,
-                          int* flags, cudaStream_t stream);
+                          int* flags, void* workspace, cudaStream_t stream);
 
 void vicreg_backward_view_cuda(DType dtype, const void* grad_terms, const void* y, const void* x,
                                const void* x_other, const void* colstats, int view, int64_t N,
@@ -111,7 +112,7 @@ void vicreg_backward_view_cuda(DType dtype, const void* grad_terms, const void* 
 
 void barlow_twins_finalize_cuda(bool is_double, const void* partials, int64_t num_splits,
                                 int64_t N, int64_t D, bool gram_route, void* colstats,
-                                void* terms, int* flags, cudaStream_t stream);
+                                void* terms, int* flags, void* workspace, cudaStream_t stream);
 
 void barlow_twins_backward_view_cuda(DType dtype, const void* grad_terms, const void* y,
                                      const void* self_norm, const void* other_norm,

@@ -236,8 +236,9 @@ void tile_col_lse(const at::Tensor& S, double scale, at::Tensor out) {
     return;
   }
 #ifdef WITH_CUDA
-  col_lse_chunk_cuda(S.scalar_type() == at::kDouble, S.data_ptr(), rows, M, scale, out.data_ptr(),
-                     at::cuda::getCurrentCUDAStream().stream());
+  const at::Tensor workspace = at::empty({col_lse_workspace_elems(rows, M)}, S.options());
+  col_lse_chunk_cuda(S.scalar_type() == at::kDouble, S.data_ptr(), rows, M, scale,
+                     workspace.data_ptr(), out.data_ptr(), at::cuda::getCurrentCUDAStream().stream());
 #endif
 }
 

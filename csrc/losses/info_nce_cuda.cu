@@ -1,8 +1,11 @@
 // InfoNCE CUDA kernels over one chunk of logits (produced by cuBLAS in the host loop): masked
-// row log-sum-exp (one block per row, max then sum) and the in-place logit gradient.
+// row log-sum-exp (one block per row, max then sum), column log-sum-exp (column tiles x row
+// slices with an online (max, sum) pair, merged by a second kernel) and the in-place logit
+// gradient.
 #include <cmath>
 
 #include "common/cuda_utils.cuh"
+#include "common/online_lse.cuh"
 #include "losses/info_nce_kernels.h"
 
 namespace jem_fast {
@@ -13,6 +16,20 @@ using cuda::ceil_div;
 namespace {
 
 constexpr int kThreads = 256;
+// Column LSE: a block is 32 columns (one warp reads 128 contiguous bytes of a row) x 8 row
+// lanes, and the rows are split into slices across grid.y so that a 2048 x 2048 tile runs as
+// 64 x 8 = 512 blocks (every SM of an H100/H200 busy a few times over) instead of 8.
+constexpr int kColTileCols = 32;
+constexpr int kColTileRows = 8;
+constexpr int64_t kColTargetBlocks = 132 * 4;
+constexpr int64_t kColMinRowsPerSlice = 64;
+
+int64_t col_lse_slices(int64_t rows, int64_t M) {
+  const int64_t column_blocks = ceil_div(M, kColTileCols);
+  int64_t slices = ceil_div(kColTargetBlocks, column_blocks);
+  slices = std::min<int64_t>(slices, ceil_div(rows, kColMinRowsPerSlice));
+  return std::max<int64_t>(1, std::min<int64_t>(slices, 65535));
+}
 
 template <typename T>
 __device__ T block_reduce_max(T v, T* shared) {
@@ -37,7 +54,8 @@ __device__ __forceinline__ int64_t masked_column(const int64_t* mask, int64_t i,
 }
 
 template <typename T>
-__global__ void row_lse_kernel(const T* __restrict__ S, int64_t M, T scale,
+__global__ void __launch_bounds__(kThreads)
+row_lse_kernel(const T* __restrict__ S, int64_t M, T scale,
                                const int64_t* __restrict__ mask, T* __restrict__ lse) {
   __shared__ T shared[32];
   __shared__ double shared_sum[32];
@@ -62,32 +80,52 @@ __global__ void row_lse_kernel(const T* __restrict__ S, int64_t M, T scale,
   if (threadIdx.x == 0) lse[i] = shift + static_cast<T>(log(total));
 }
 
-// One thread per column; consecutive threads read consecutive columns of a row (coalesced).
+// partial[slice] = (max, sum) of the logits of each column over the slice's rows.
 template <typename T>
-__global__ void col_lse_kernel(const T* __restrict__ S, int64_t rows, int64_t M, T scale,
-                               T* __restrict__ lse) {
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j >= M) return;
-  T m = T(-INFINITY);
-  for (int64_t i = 0; i < rows; ++i) m = fmax(m, S[i * M + j]);
-  if (isinf(m) && m < 0) {
-    lse[j] = m;
-    return;
+__global__ void __launch_bounds__(kColTileCols * kColTileRows)
+col_lse_partial_kernel(const T* __restrict__ S, int64_t rows, int64_t M, T scale,
+                       int64_t rows_per_slice, T* __restrict__ partial) {
+  __shared__ T shared_m[kColTileRows][kColTileCols];
+  __shared__ T shared_s[kColTileRows][kColTileCols];
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kColTileCols + threadIdx.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_slice;
+  const int64_t r1 = std::min<int64_t>(rows, r0 + rows_per_slice);
+  T m = T(-INFINITY), s = T(0);
+  if (j < M) {
+    for (int64_t i = r0 + threadIdx.y; i < r1; i += kColTileRows) cuda::add_lse(m, s, scale * S[i * M + j]);
   }
-  double total = 0.0;
-  for (int64_t i = 0; i < rows; ++i) total += static_cast<double>(exp(scale * (S[i * M + j] - m)));
-  lse[j] = scale * m + static_cast<T>(log(total));
+  shared_m[threadIdx.y][threadIdx.x] = m;
+  shared_s[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < M) {
+    for (int y = 1; y < kColTileRows; ++y) cuda::merge_lse(m, s, shared_m[y][threadIdx.x], shared_s[y][threadIdx.x]);
+    T* out = partial + static_cast<int64_t>(blockIdx.y) * 2 * M;
+    out[j] = m;
+    out[M + j] = s;
+  }
 }
 
 template <typename T>
-__global__ void logit_grad_kernel(T* __restrict__ S, int64_t rows, int64_t M, T scale,
+__global__ void __launch_bounds__(kThreads)
+col_lse_merge_kernel(const T* __restrict__ partial, int64_t slices, int64_t M,
+                     T* __restrict__ lse) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= M) return;  // no barrier in this kernel
+  T m = T(-INFINITY), s = T(0);
+  for (int64_t k = 0; k < slices; ++k) cuda::merge_lse(m, s, partial[k * 2 * M + j], partial[k * 2 * M + M + j]);
+  // An all -inf column: m = -inf, s = 0, and -inf + log(0) = -inf.
+  lse[j] = m + cuda::acc_log(s);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+logit_grad_kernel(T* __restrict__ S, int64_t rows, int64_t M, T scale,
                                   const int64_t* __restrict__ mask, const T* __restrict__ g,
                                   const T* __restrict__ r, const T* __restrict__ h,
                                   const T* __restrict__ c) {
   const int64_t total = rows * M;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = idx / M, j = idx - i * M;
+  for (cuda::GridStrideCursor cur(M); cur.i < total; cur.advance()) {
+    const int64_t idx = cur.i, i = cur.row, j = cur.col;
     if (j == masked_column(mask, i, M)) {
       S[idx] = T(0);
       continue;
@@ -103,41 +141,48 @@ __global__ void logit_grad_kernel(T* __restrict__ S, int64_t rows, int64_t M, T 
 
 }  // namespace
 
+int64_t col_lse_workspace_elems(int64_t rows, int64_t M) { return 2 * col_lse_slices(rows, M) * M; }
+
 void row_lse_chunk_cuda(bool is_double, const void* S, int64_t rows, int64_t M, double scale,
                         const int64_t* mask, void* lse, cudaStream_t stream) {
-  if (rows == 0) return;
   cuda::dispatch_acc(is_double, [&](auto tag) {
     using T = decltype(tag);
-    row_lse_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-        static_cast<const T*>(S), M, static_cast<T>(scale), mask, static_cast<T*>(lse));
+    cuda::launch("info_nce row_lse", row_lse_kernel<T>, dim3(static_cast<unsigned>(rows)),
+                 dim3(kThreads), 0, stream, static_cast<const T*>(S), M, static_cast<T>(scale),
+                 mask, static_cast<T*>(lse));
   });
-  cuda::check_launch("info_nce row_lse");
 }
 
 void col_lse_chunk_cuda(bool is_double, const void* S, int64_t rows, int64_t M, double scale,
-                        void* lse, cudaStream_t stream) {
+                        void* workspace, void* lse, cudaStream_t stream) {
   if (M == 0) return;
+  const int64_t slices = col_lse_slices(rows, M);
+  const int64_t rows_per_slice = ceil_div(rows, slices);
   cuda::dispatch_acc(is_double, [&](auto tag) {
     using T = decltype(tag);
-    col_lse_kernel<T><<<static_cast<unsigned>(ceil_div(M, kThreads)), kThreads, 0, stream>>>(
-        static_cast<const T*>(S), rows, M, static_cast<T>(scale), static_cast<T*>(lse));
+    T* partial = static_cast<T*>(workspace);
+    cuda::launch("info_nce col_lse_partial", col_lse_partial_kernel<T>,
+                 dim3(static_cast<unsigned>(ceil_div(M, kColTileCols)), static_cast<unsigned>(slices)),
+                 dim3(kColTileCols, kColTileRows), 0, stream, static_cast<const T*>(S), rows, M,
+                 static_cast<T>(scale), rows_per_slice, partial);
+    cuda::launch("info_nce col_lse_merge", col_lse_merge_kernel<T>,
+                 dim3(static_cast<unsigned>(ceil_div(M, kThreads))), dim3(kThreads), 0, stream,
+                 static_cast<const T*>(partial), slices, M, static_cast<T*>(lse));
   });
-  cuda::check_launch("info_nce col_lse");
 }
 
 void logit_grad_chunk_cuda(bool is_double, void* S, int64_t rows, int64_t M, double scale,
                            const int64_t* mask, const void* g, const void* r, const void* h,
                            const void* c, cudaStream_t stream) {
-  if (rows == 0) return;
-  int64_t blocks = ceil_div(rows * M, kThreads);
-  if (blocks > 65535) blocks = 65535;
+  if (rows == 0 || M == 0) return;
+  const unsigned blocks = cuda::elementwise_blocks(rows * M, kThreads, 65535);
   cuda::dispatch_acc(is_double, [&](auto tag) {
     using T = decltype(tag);
-    logit_grad_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        static_cast<T*>(S), rows, M, static_cast<T>(scale), mask, static_cast<const T*>(g),
-        static_cast<const T*>(r), static_cast<const T*>(h), static_cast<const T*>(c));
+    cuda::launch("info_nce logit_grad", logit_grad_kernel<T>, dim3(blocks), dim3(kThreads), 0,
+                 stream, static_cast<T*>(S), rows, M, static_cast<T>(scale), mask,
+                 static_cast<const T*>(g), static_cast<const T*>(r), static_cast<const T*>(h),
+                 static_cast<const T*>(c));
   });
-  cuda::check_launch("info_nce logit_grad");
 }
 
 }  // namespace info_nce

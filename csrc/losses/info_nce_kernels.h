@@ -36,8 +36,10 @@ void logit_grad_chunk_cpu(T* S, int64_t rows, int64_t M, T scale, const int64_t*
 // is_double selects float64 for S and the vectors, float32 otherwise.
 void row_lse_chunk_cuda(bool is_double, const void* S, int64_t rows, int64_t M, double scale,
                         const int64_t* mask, void* lse, cudaStream_t stream);
+// workspace: col_lse_workspace_elems(rows, M) values of S's type (per-slice partial pairs).
+int64_t col_lse_workspace_elems(int64_t rows, int64_t M);
 void col_lse_chunk_cuda(bool is_double, const void* S, int64_t rows, int64_t M, double scale,
-                        void* lse, cudaStream_t stream);
+                        void* workspace, void* lse, cudaStream_t stream);
 void logit_grad_chunk_cuda(bool is_double, void* S, int64_t rows, int64_t M, double scale,
                            const int64_t* mask, const void* g, const void* r, const void* h,
                            const void* c, cudaStream_t stream);

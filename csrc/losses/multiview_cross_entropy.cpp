@@ -134,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multiview_cross_entropy(
 #endif
   }
   at::Tensor loss = contribution.sum().div_(static_cast<double>(pair_count(p.targets, p.views) * p.rows));
-  if (check_finite) {
+  if (check_finite && !capturing_cuda_graph(loss)) {
     TORCH_CHECK(at::isfinite(loss).item<bool>(), kOp,
                 ": the loss is not finite: the student outputs (logits) or the targets contain NaN "
                 "or Inf. jem_fast raises instead of returning a NaN loss; pass check_finite=False "

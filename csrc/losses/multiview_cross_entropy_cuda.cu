@@ -25,8 +25,11 @@ using cuda::load_acc;
 using cuda::merge_lse;
 
 constexpr int kThreads = 256;
-// Bytes of one target row chunk in shared memory: T <= 8 chunks + their sum stay under 48 KiB.
+// Columns per chunk: 4 KiB of one target row, fewer when the T chunks + their sum would not fit
+// the dynamic shared-memory budget (kept under the 48 KiB every GPU grants without opt-in, with
+// room for the static reduction arrays): T = 64 float64 targets get 64-column chunks.
 constexpr int64_t kChunkBytes = 4096;
+constexpr int64_t kMaxDynamicSmemBytes = 40 * 1024;
 
 template <typename P>
 struct PtrArray {
@@ -49,8 +52,10 @@ __device__ void stage_targets(const PtrArray<const A*>& targets, int T, int64_t 
 }
 
 // partial layout: [V * B * splits * 3] (max, sum-exp, dot) then [T * B * splits] target mass.
+// launch-resources: max_dynamic_smem_bytes=kMaxDynamicSmemBytes opt_in=no
 template <typename I, typename A>
-__global__ void forward_partial_kernel(PtrArray<const A*> targets, PtrArray<const I*> logits, int T,
+__global__ void __launch_bounds__(kThreads)
+forward_partial_kernel(PtrArray<const A*> targets, PtrArray<const I*> logits, int T,
                                        int V, int64_t B, int64_t K, A scale, int64_t chunk,
                                        A* __restrict__ partial) {
   extern __shared__ unsigned char smem_raw[];
@@ -59,7 +64,7 @@ __global__ void forward_partial_kernel(PtrArray<const A*> targets, PtrArray<cons
   __shared__ A red_m[32], red_s[32], red[32];
   const int64_t splits = gridDim.y, split = blockIdx.y, b = blockIdx.x;
   const int64_t k0 = split * chunk;
-  const int64_t n = min(chunk, K - k0);
+  const int64_t n = std::min<int64_t>(chunk, K - k0);
   const int64_t row_offset = b * K + k0;
   stage_targets(targets, T, row_offset, n, chunk, ys, y_all);
   A* mass_part = partial + static_cast<int64_t>(V) * B * splits * 3;
@@ -91,7 +96,8 @@ __global__ void forward_partial_kernel(PtrArray<const A*> targets, PtrArray<cons
 
 // Threads [0, V B) finish one (view, row) each; threads [V B, V B + T B) one target row mass.
 template <typename A>
-__global__ void forward_merge_kernel(const A* __restrict__ partial, int T, int V, int64_t B,
+__global__ void __launch_bounds__(kThreads)
+forward_merge_kernel(const A* __restrict__ partial, int T, int V, int64_t B,
                                      int64_t splits, A scale, A* __restrict__ lse,
                                      A* __restrict__ contribution, A* __restrict__ mass) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -120,8 +126,10 @@ __global__ void forward_merge_kernel(const A* __restrict__ partial, int T, int V
   }
 }
 
+// launch-resources: max_dynamic_smem_bytes=kMaxDynamicSmemBytes opt_in=no
 template <typename I, typename A>
-__global__ void backward_kernel(PtrArray<const A*> targets, PtrArray<const I*> logits, int T, int V,
+__global__ void __launch_bounds__(kThreads)
+backward_kernel(PtrArray<const A*> targets, PtrArray<const I*> logits, int T, int V,
                                 int64_t B, int64_t K, A scale, int64_t chunk,
                                 const A* __restrict__ lse, const A* __restrict__ mass,
                                 const A* __restrict__ coef_ptr, PtrArray<I*> grads) {
@@ -130,7 +138,7 @@ __global__ void backward_kernel(PtrArray<const A*> targets, PtrArray<const I*> l
   A* y_all = ys + T * chunk;
   const int64_t b = blockIdx.x;
   const int64_t k0 = static_cast<int64_t>(blockIdx.y) * chunk;
-  const int64_t n = min(chunk, K - k0);
+  const int64_t n = std::min<int64_t>(chunk, K - k0);
   const int64_t row_offset = b * K + k0;
   stage_targets(targets, T, row_offset, n, chunk, ys, y_all);
   const A coef = *coef_ptr;
@@ -151,13 +159,15 @@ __global__ void backward_kernel(PtrArray<const A*> targets, PtrArray<const I*> l
 }
 
 template <typename A>
-int64_t chunk_of() {
-  return kChunkBytes / static_cast<int64_t>(sizeof(A));
+int64_t chunk_of(const Problem& p) {
+  const int64_t elem = static_cast<int64_t>(sizeof(A));
+  const int64_t fit = kMaxDynamicSmemBytes / ((p.targets + 1) * elem) / 32 * 32;
+  return std::max<int64_t>(32, std::min<int64_t>(kChunkBytes / elem, fit));
 }
 
 template <typename A>
 size_t smem_bytes(const Problem& p) {
-  return static_cast<size_t>((p.targets + 1) * chunk_of<A>() * sizeof(A));
+  return static_cast<size_t>((p.targets + 1) * chunk_of<A>(p) * sizeof(A));
 }
 
 template <typename P, typename Q>
@@ -170,7 +180,7 @@ PtrArray<P> to_array(Q const* src, int64_t n) {
 }  // namespace
 
 int64_t forward_partials_cuda(const Problem& p, bool is_double) {
-  const int64_t splits = ceil_div(p.cols, is_double ? chunk_of<double>() : chunk_of<float>());
+  const int64_t splits = ceil_div(p.cols, is_double ? chunk_of<double>(p) : chunk_of<float>(p));
   return (p.views * 3 + p.targets) * p.rows * splits;
 }
 
@@ -180,20 +190,20 @@ void forward_cuda(DType dtype, const Problem& p, const void* const* targets,
   cuda::dispatch_dtype(dtype, [&](auto tag) {
     using I = decltype(tag);
     using A = acc_t<I>;
-    const int64_t chunk = chunk_of<A>();
+    const int64_t chunk = chunk_of<A>(p);
     const int64_t splits = ceil_div(p.cols, chunk);
     const dim3 grid(static_cast<unsigned>(p.rows), static_cast<unsigned>(splits));
-    forward_partial_kernel<I, A><<<grid, kThreads, smem_bytes<A>(p), stream>>>(
-        to_array<const A*>(targets, p.targets), to_array<const I*>(logits, p.views),
-        static_cast<int>(p.targets), static_cast<int>(p.views), p.rows, p.cols,
-        static_cast<A>(p.scale), chunk, static_cast<A*>(partial));
-    cuda::check_launch("multiview_cross_entropy forward_partial_kernel");
+    cuda::launch("multiview_cross_entropy forward_partial", forward_partial_kernel<I, A>, grid,
+                 dim3(kThreads), smem_bytes<A>(p), stream, to_array<const A*>(targets, p.targets),
+                 to_array<const I*>(logits, p.views), static_cast<int>(p.targets),
+                 static_cast<int>(p.views), p.rows, p.cols, static_cast<A>(p.scale), chunk,
+                 static_cast<A*>(partial));
     const int64_t total = (p.views + p.targets) * p.rows;
-    forward_merge_kernel<A><<<static_cast<unsigned>(ceil_div(total, kThreads)), kThreads, 0, stream>>>(
-        static_cast<const A*>(partial), static_cast<int>(p.targets), static_cast<int>(p.views),
-        p.rows, splits, static_cast<A>(p.scale), static_cast<A*>(lse),
-        static_cast<A*>(contribution), static_cast<A*>(mass));
-    cuda::check_launch("multiview_cross_entropy forward_merge_kernel");
+    cuda::launch("multiview_cross_entropy forward_merge", forward_merge_kernel<A>,
+                 dim3(static_cast<unsigned>(ceil_div(total, kThreads))), dim3(kThreads), 0, stream,
+                 static_cast<const A*>(partial), static_cast<int>(p.targets),
+                 static_cast<int>(p.views), p.rows, splits, static_cast<A>(p.scale),
+                 static_cast<A*>(lse), static_cast<A*>(contribution), static_cast<A*>(mass));
   });
 }
 
@@ -203,14 +213,14 @@ void backward_cuda(DType dtype, const Problem& p, const void* const* targets,
   cuda::dispatch_dtype(dtype, [&](auto tag) {
     using I = decltype(tag);
     using A = acc_t<I>;
-    const int64_t chunk = chunk_of<A>();
+    const int64_t chunk = chunk_of<A>(p);
     const dim3 grid(static_cast<unsigned>(p.rows), static_cast<unsigned>(ceil_div(p.cols, chunk)));
-    backward_kernel<I, A><<<grid, kThreads, smem_bytes<A>(p), stream>>>(
-        to_array<const A*>(targets, p.targets), to_array<const I*>(logits, p.views),
-        static_cast<int>(p.targets), static_cast<int>(p.views), p.rows, p.cols,
-        static_cast<A>(p.scale), chunk, static_cast<const A*>(lse), static_cast<const A*>(mass),
-        static_cast<const A*>(coef), to_array<I*>(grads, p.views));
-    cuda::check_launch("multiview_cross_entropy backward_kernel");
+    cuda::launch("multiview_cross_entropy backward", backward_kernel<I, A>, grid, dim3(kThreads),
+                 smem_bytes<A>(p), stream, to_array<const A*>(targets, p.targets),
+                 to_array<const I*>(logits, p.views), static_cast<int>(p.targets),
+                 static_cast<int>(p.views), p.rows, p.cols, static_cast<A>(p.scale), chunk,
+                 static_cast<const A*>(lse), static_cast<const A*>(mass),
+                 static_cast<const A*>(coef), to_array<I*>(grads, p.views));
   });
 }
 

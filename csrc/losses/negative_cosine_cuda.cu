@@ -74,7 +74,8 @@ __device__ __forceinline__ void finish_row(A dot, A aa, A bb, A eps, int64_t i, 
 }
 
 template <typename T, int VEC>
-__global__ void forward_warp_per_row(const T* __restrict__ x0, const T* __restrict__ x1,
+__global__ void __launch_bounds__(kThreads)
+forward_warp_per_row(const T* __restrict__ x0, const T* __restrict__ x1,
                                      int64_t N, int64_t D, acc_t<T> eps, acc_t<T>* __restrict__ cos,
                                      acc_t<T>* __restrict__ norms) {
   using A = acc_t<T>;
@@ -90,7 +91,8 @@ __global__ void forward_warp_per_row(const T* __restrict__ x0, const T* __restri
 }
 
 template <typename T, int VEC>
-__global__ void forward_block_per_row(const T* __restrict__ x0, const T* __restrict__ x1,
+__global__ void __launch_bounds__(kThreads)
+forward_block_per_row(const T* __restrict__ x0, const T* __restrict__ x1,
                                       int64_t N, int64_t D, acc_t<T> eps,
                                       acc_t<T>* __restrict__ cos, acc_t<T>* __restrict__ norms) {
   using A = acc_t<T>;
@@ -123,7 +125,8 @@ __global__ void forward_block_per_row(const T* __restrict__ x0, const T* __restr
 
 // One thread per pack of VEC elements of the (N, D) gradients, grid-stride.
 template <typename T, int VEC>
-__global__ void backward_kernel(const acc_t<T>* __restrict__ grad, const T* __restrict__ x0,
+__global__ void __launch_bounds__(kThreads)
+backward_kernel(const acc_t<T>* __restrict__ grad, const T* __restrict__ x0,
                                 const T* __restrict__ x1, const acc_t<T>* __restrict__ cos,
                                 const acc_t<T>* __restrict__ norms, int64_t N, int64_t D,
                                 acc_t<T> eps, T* __restrict__ g0, T* __restrict__ g1) {
@@ -131,9 +134,8 @@ __global__ void backward_kernel(const acc_t<T>* __restrict__ grad, const T* __re
   using P = Pack<T, VEC>;
   const int64_t packs_per_row = D / VEC;
   const int64_t total = N * packs_per_row;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = idx / packs_per_row;
+  for (cuda::GridStrideCursor cur(packs_per_row); cur.i < total; cur.advance()) {
+    const int64_t idx = cur.i, i = cur.row;
     const A g = grad[i], c = cos[i], n0 = norms[i], n1 = norms[N + i];
     const A c0 = fmax(n0, eps), c1 = fmax(n1, eps);
     // cos / n_k first: |cos / n_k| <= 1 / c_k, so no intermediate overflows or underflows.
@@ -167,11 +169,13 @@ void launch_forward(const T* x0, const T* x1, int64_t N, int64_t D, double eps, 
   using A = acc_t<T>;
   if (D <= kWarpRowMax) {
     const int64_t rows_per_block = kThreads / 32;
-    forward_warp_per_row<T, VEC><<<static_cast<unsigned>(ceil_div(N, rows_per_block)), kThreads,
-                                   0, stream>>>(x0, x1, N, D, static_cast<A>(eps), cos, norms);
+    cuda::launch("cosine_similarity_rows forward (warp per row)", forward_warp_per_row<T, VEC>,
+                 dim3(static_cast<unsigned>(ceil_div(N, rows_per_block))), dim3(kThreads), 0,
+                 stream, x0, x1, N, D, static_cast<A>(eps), cos, norms);
   } else {
-    forward_block_per_row<T, VEC><<<static_cast<unsigned>(N), kThreads, 0, stream>>>(
-        x0, x1, N, D, static_cast<A>(eps), cos, norms);
+    cuda::launch("cosine_similarity_rows forward (block per row)", forward_block_per_row<T, VEC>,
+                 dim3(static_cast<unsigned>(N)), dim3(kThreads), 0, stream, x0, x1, N, D,
+                 static_cast<A>(eps), cos, norms);
   }
 }
 
@@ -180,10 +184,11 @@ void launch_backward(const acc_t<T>* grad, const T* x0, const T* x1, const acc_t
                      const acc_t<T>* norms, int64_t N, int64_t D, double eps, T* g0, T* g1,
                      cudaStream_t stream) {
   const int64_t total = N * (D / VEC);
-  // Grid-stride beyond ~64 waves of blocks: enough to fill any GPU, fewer index divisions.
-  const int64_t blocks = std::min<int64_t>(ceil_div(total, kThreads), int64_t(1) << 16);
-  backward_kernel<T, VEC><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      grad, x0, x1, cos, norms, N, D, static_cast<acc_t<T>>(eps), g0, g1);
+  if (total == 0) return;
+  // Grid-stride beyond ~64 waves of blocks: enough to fill any GPU.
+  cuda::launch("cosine_similarity_rows backward", backward_kernel<T, VEC>,
+               dim3(cuda::elementwise_blocks(total, kThreads, int64_t(1) << 16)), dim3(kThreads), 0,
+               stream, grad, x0, x1, cos, norms, N, D, static_cast<acc_t<T>>(eps), g0, g1);
 }
 
 // Pointers that every pack-wide access touches must be 16-byte aligned (contiguous tensors from
@@ -216,7 +221,6 @@ void cosine_rows_forward_cuda(DType dtype, const void* x0, const void* x1, int64
                            stream);
     }
   });
-  cuda::check_launch("cosine_similarity_rows forward");
 }
 
 void cosine_rows_backward_cuda(DType dtype, const void* grad, const void* x0, const void* x1,
@@ -240,7 +244,6 @@ void cosine_rows_backward_cuda(DType dtype, const void* grad, const void* x0, co
       launch_backward<T, 1>(g, a, b, c, n, N, D, eps, ga, gb, stream);
     }
   });
-  cuda::check_launch("cosine_similarity_rows backward");
 }
 
 }  // namespace cosine

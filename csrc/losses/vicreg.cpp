@@ -77,7 +77,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vicreg_forward(
   const CudaMoments moments = paired_column_moments_cuda(z_a, z_b);
   cudaStream_t stream = moments.stream;
   vicreg_finalize_cuda(moments.is_double, moments.partials.data_ptr(), moments.splits, N, D, eps, gram_route,
-                       colstats.data_ptr(), terms.data_ptr(), moments.flags.data_ptr<int>(), stream);
+                       colstats.data_ptr(), terms.data_ptr(), moments.flags.data_ptr<int>(),
+                       moments.workspace.data_ptr(), stream);
   center_scale_columns_cuda(moments.dtype, z_a.data_ptr(), colstats[kMeanA].data_ptr(), nullptr, N, D,
                             centered[0].data_ptr(), stream);
   center_scale_columns_cuda(moments.dtype, z_b.data_ptr(), colstats[kMeanB].data_ptr(), nullptr, N, D,
@@ -93,7 +94,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vicreg_forward(
   const void* us[2] = {gram[0].data_ptr(), gram[1].data_ptr()};
   add_frobenius_dots_cuda(moments.is_double, 2, us, us, R, R, !gram_route, cov_scale, terms.data_ptr(), 2,
                           moments.workspace.data_ptr(), stream);
-  if (check_finite) raise_non_finite(moments.flags.item<int>(), kLoss, "z_a", "z_b");
+  if (check_finite && !capturing_cuda_graph(z_a)) {
+    raise_non_finite(moments.flags.item<int>(), kLoss, "z_a", "z_b");
+  }
   return {terms, centered, gram, colstats};
 #else
   TORCH_CHECK(false, kLoss, ": got CUDA tensors. ", kRebuildHint);

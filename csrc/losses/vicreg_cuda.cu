@@ -1,5 +1,5 @@
-// VICReg CUDA kernels: the O(D) finalize of the column moments (one block, deterministic) and
-// the fused gradient epilogue (covariance, variance hinge and invariance gradients written once).
+// VICReg CUDA kernels: the O(D) finalize of the column moments (column blocks + a fixed-order
+// merge, deterministic) and the fused gradient epilogue (covariance, variance hinge and invariance gradients written once).
 #include <cmath>
 
 #include "common/cuda_utils.cuh"
@@ -15,13 +15,11 @@ using cuda::load_acc;
 
 namespace {
 
-constexpr int kFinalizeThreads = 1024;
-
 template <typename A>
-__global__ void vicreg_finalize_kernel(const A* __restrict__ partials, int64_t num_splits,
-                                       int64_t N, int64_t D, double eps, bool gram_route,
-                                       A* __restrict__ colstats, A* __restrict__ terms,
-                                       int* __restrict__ flags) {
+__global__ void __launch_bounds__(kFinalizeThreads)
+vicreg_finalize_columns_kernel(const A* __restrict__ partials, int64_t num_splits, int64_t N,
+                               int64_t D, double eps, A* __restrict__ colstats,
+                               FinalizeBlockPartials block_partials) {
   __shared__ double shared[32];
   __shared__ int shared_flags;
   if (threadIdx.x == 0) shared_flags = 0;
@@ -29,16 +27,17 @@ __global__ void vicreg_finalize_kernel(const A* __restrict__ partials, int64_t n
   const double n = static_cast<double>(N);
   double invariance = 0.0, hinge = 0.0, diagsq = 0.0;
   int local_flags = 0;
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (d < D) {  // no barrier inside: the reductions below are reached by every thread
     double s[kNumMoments - 2];
-    local_flags |= sum_moment_splits(partials, num_splits, D, d, s);
+    local_flags = sum_moment_splits(partials, num_splits, D, d, s);
     const double m2a = fmax(s[kSumAA] - s[kSumA] * s[kSumA] / n, 0.0);
     const double m2b = fmax(s[kSumBB] - s[kSumB] * s[kSumB] / n, 0.0);
     const double std_a = sqrt(m2a / (n - 1.0) + eps);
     const double std_b = sqrt(m2b / (n - 1.0) + eps);
-    hinge += fmax(1.0 - std_a, 0.0) + fmax(1.0 - std_b, 0.0);
-    diagsq += m2a * m2a + m2b * m2b;
-    invariance += s[kSumDiffSq];
+    hinge = fmax(1.0 - std_a, 0.0) + fmax(1.0 - std_b, 0.0);
+    diagsq = m2a * m2a + m2b * m2b;
+    invariance = s[kSumDiffSq];
     colstats[kMeanA * D + d] = static_cast<A>(column_mean(partials, D, d, 0, s[kSumA], n));
     colstats[kMeanB * D + d] = static_cast<A>(column_mean(partials, D, d, 1, s[kSumB], n));
     colstats[kStat2A * D + d] = static_cast<A>(m2a);
@@ -51,7 +50,38 @@ __global__ void vicreg_finalize_kernel(const A* __restrict__ partials, int64_t n
   hinge = cuda::block_reduce_sum<double>(hinge, shared);
   diagsq = cuda::block_reduce_sum<double>(diagsq, shared);
   if (threadIdx.x == 0) {
-    const double dd = static_cast<double>(D);
+    double* out = block_partials.sums + static_cast<int64_t>(blockIdx.x) * kFinalizeSumsPerBlock;
+    out[0] = invariance;
+    out[1] = hinge;
+    out[2] = diagsq;
+    block_partials.flags[blockIdx.x] = shared_flags;
+  }
+}
+
+template <typename A>
+__global__ void __launch_bounds__(kFinalizeThreads)
+vicreg_finalize_terms_kernel(FinalizeBlockPartials block_partials, int num_blocks, int64_t N,
+                             int64_t D, bool gram_route, A* __restrict__ terms,
+                             int* __restrict__ flags) {
+  __shared__ double shared[32];
+  __shared__ int shared_flags;
+  if (threadIdx.x == 0) shared_flags = 0;
+  __syncthreads();
+  double invariance = 0.0, hinge = 0.0, diagsq = 0.0;
+  int local_flags = 0;
+  for (int b = threadIdx.x; b < num_blocks; b += blockDim.x) {
+    const double* p = block_partials.sums + static_cast<int64_t>(b) * kFinalizeSumsPerBlock;
+    invariance += p[0];
+    hinge += p[1];
+    diagsq += p[2];
+    local_flags |= block_partials.flags[b];
+  }
+  if (local_flags) atomicOr(&shared_flags, local_flags);
+  invariance = cuda::block_reduce_sum<double>(invariance, shared);
+  hinge = cuda::block_reduce_sum<double>(hinge, shared);
+  diagsq = cuda::block_reduce_sum<double>(diagsq, shared);
+  if (threadIdx.x == 0) {
+    const double n = static_cast<double>(N), dd = static_cast<double>(D);
     int f = shared_flags;
     if (!isfinite(invariance) && f == 0) f = kNonFiniteA | kNonFiniteB;
     *flags = f;
@@ -61,9 +91,12 @@ __global__ void vicreg_finalize_kernel(const A* __restrict__ partials, int64_t n
   }
 }
 
+constexpr int kElementwiseThreads = 256;
+
 // `y` and `grad` may be the same buffer: each element is read before it is written.
 template <typename T>
-__global__ void vicreg_backward_view_kernel(const acc_t<T>* __restrict__ grad_terms,
+__global__ void __launch_bounds__(kElementwiseThreads)
+vicreg_backward_view_kernel(const acc_t<T>* __restrict__ grad_terms,
                                             const acc_t<T>* y,
                                             const T* __restrict__ x,
                                             const T* __restrict__ x_other,
@@ -79,9 +112,8 @@ __global__ void vicreg_backward_view_kernel(const acc_t<T>* __restrict__ grad_te
   const A* m2 = colstats + (view == 0 ? kStat2A : kStat2B) * D;
   const A* stdev = colstats + (view == 0 ? kStat3A : kStat3B) * D;
   const int64_t total = N * D;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t d = i % D;
+  for (cuda::GridStrideCursor c(D); c.i < total; c.advance()) {
+    const int64_t i = c.i, d = c.col;
     const A s = stdev[d];
     // relu'(0) = 0 as in torch: only columns with std below 1 are pulled.
     const A hinge = s < A(1) ? g_var * A(0.5) / (dd * (n - A(1)) * s) : A(0);
@@ -96,32 +128,34 @@ __global__ void vicreg_backward_view_kernel(const acc_t<T>* __restrict__ grad_te
 
 void vicreg_finalize_cuda(bool is_double, const void* partials, int64_t num_splits, int64_t N,
                           int64_t D, double eps, bool gram_route, void* colstats, void* terms,
-                          int* flags, cudaStream_t stream) {
+                          int* flags, void* workspace, cudaStream_t stream) {
+  const int num_blocks = finalize_num_blocks(D);
+  const FinalizeBlockPartials block_partials = finalize_block_partials(workspace, num_blocks);
   cuda::dispatch_acc(is_double, [&](auto tag) {
     using A = decltype(tag);
-    vicreg_finalize_kernel<A><<<1, kFinalizeThreads, 0, stream>>>(
-        static_cast<const A*>(partials), num_splits, N, D, eps, gram_route,
-        static_cast<A*>(colstats), static_cast<A*>(terms), flags);
+    cuda::launch("vicreg_finalize_columns", vicreg_finalize_columns_kernel<A>,
+                 dim3(static_cast<unsigned>(num_blocks)), dim3(kFinalizeThreads), 0, stream,
+                 static_cast<const A*>(partials), num_splits, N, D, eps, static_cast<A*>(colstats),
+                 block_partials);
+    cuda::launch("vicreg_finalize_terms", vicreg_finalize_terms_kernel<A>, dim3(1),
+                 dim3(kFinalizeThreads), 0, stream, block_partials, num_blocks, N, D, gram_route,
+                 static_cast<A*>(terms), flags);
   });
-  cuda::check_launch("vicreg_finalize");
 }
 
 void vicreg_backward_view_cuda(DType dtype, const void* grad_terms, const void* y, const void* x,
                                const void* x_other, const void* colstats, int view, int64_t N,
                                int64_t D, void* grad, cudaStream_t stream) {
-  const int threads = 256;
-  int64_t blocks = ceil_div(N * D, threads);
-  if (blocks > 8192) blocks = 8192;
-  if (blocks < 1) blocks = 1;
+  const unsigned blocks = cuda::elementwise_blocks(N * D, kElementwiseThreads, 8192);
   cuda::dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
-    vicreg_backward_view_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-        static_cast<const A*>(grad_terms), static_cast<const A*>(y), static_cast<const T*>(x),
-        static_cast<const T*>(x_other), static_cast<const A*>(colstats), view, N, D,
-        static_cast<T*>(grad));
+    cuda::launch("vicreg_backward_view", vicreg_backward_view_kernel<T>, dim3(blocks),
+                 dim3(kElementwiseThreads), 0, stream, static_cast<const A*>(grad_terms),
+                 static_cast<const A*>(y), static_cast<const T*>(x),
+                 static_cast<const T*>(x_other), static_cast<const A*>(colstats), view, N, D,
+                 static_cast<T*>(grad));
   });
-  cuda::check_launch("vicreg_backward_view");
 }
 
 }  // namespace covariance
