@@ -5,6 +5,12 @@ import jem_fast  # noqa: F401  (registers the ops)
 
 CUDA = torch.cuda.is_available() and jem_fast.build_info()["with_cuda"]
 
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cuda_emu: a CUDA kernel run on the CPU under HIP-CPU (tests/cuda_emu); "
+        "deselect with -m 'not cuda_emu'")
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not CUDA, reason="needs a CUDA device and a CUDA build of jem_fast"))]
 

@@ -54,7 +54,7 @@ struct AxisTaps {
       // flip: output i samples what unflipped output (out_size - 1 - i) samples.
       const int64_t src = reverse ? out_size - 1 - i : i;
       int64_t xmin = 0;
-      const int n = aa_taps(src, in_size, s, bicubic, xmin, &w[i * T]);
+      const int n = aa_taps<double>(src, s, bicubic, xmin, &w[i * T]);
       start[i] = xmin;
       if (n > 0) {
         lo = std::min(lo, xmin);

@@ -137,7 +137,7 @@ resample_color_kernel(Params p, const ImageDesc* __restrict__ images, Smem1 L, i
     int n = 0;
     if (ox < p.out_w) {
       const int64_t src = flip ? p.out_w - 1 - ox : ox;
-      n = aa_taps(src, cw, ax, p.bicubic, xmin, hw + lx * L.tx_cap);
+      n = aa_taps<float>(src, ax, p.bicubic, xmin, hw + lx * L.tx_cap);
     }
     hstart[lx] = static_cast<int>(xmin);
     hn[lx] = n;
@@ -145,7 +145,7 @@ resample_color_kernel(Params p, const ImageDesc* __restrict__ images, Smem1 L, i
     const int64_t oy = oy0 + lx;
     int64_t ymin = 0;
     int n = 0;
-    if (oy < p.out_h) n = aa_taps(oy, ch, ay, p.bicubic, ymin, vw + lx * L.ty_cap);
+    if (oy < p.out_h) n = aa_taps<float>(oy, ay, p.bicubic, ymin, vw + lx * L.ty_cap);
     vstart[lx] = static_cast<int>(ymin);
     vn[lx] = n;
   }
