@@ -112,8 +112,8 @@ def test_step_ops_compose_to_the_fused_op():
 def test_opcheck():
     S = prototype_scores(23, 9, dtype=torch.float32)
     torch.library.opcheck(torch.ops.jem_fast.sinkhorn_knopp.default, (S, 0.05, 3, True))
-    f = torch.zeros(23)
-    g = torch.zeros(9)
+    f = torch.zeros(23, dtype=torch.float64)  # potentials are float64 for every score dtype
+    g = torch.zeros(9, dtype=torch.float64)
     torch.library.opcheck(torch.ops.jem_fast.sinkhorn_column_stats.default, (S, 20.0, f))
     torch.library.opcheck(torch.ops.jem_fast.sinkhorn_row_potential.default, (S, 20.0, g, 3.0))
     torch.library.opcheck(torch.ops.jem_fast.sinkhorn_plan.default, (S, 20.0, f, g, 23.0))
@@ -158,7 +158,10 @@ def test_non_finite_scores_raise(value):
 def test_op_rejects_bad_potentials():
     S = prototype_scores(10, 6, dtype=torch.float32)
     with pytest.raises(RuntimeError, match="col_potential"):
-        torch.ops.jem_fast.sinkhorn_row_potential(S, 20.0, torch.zeros(5), 1.0)
-    with pytest.raises(RuntimeError, match="row_potential"):
-        torch.ops.jem_fast.sinkhorn_plan(S, 20.0, torch.zeros(10, dtype=torch.float64),
-                                         torch.zeros(6), 10.0)
+        torch.ops.jem_fast.sinkhorn_row_potential(S, 20.0, torch.zeros(5, dtype=torch.float64),
+                                                  1.0)
+    with pytest.raises(RuntimeError, match="row_potential must be float64"):
+        torch.ops.jem_fast.sinkhorn_plan(S, 20.0, torch.zeros(10),
+                                         torch.zeros(6, dtype=torch.float64), 10.0)
+    with pytest.raises(RuntimeError, match="col_potential must be float64"):
+        torch.ops.jem_fast.sinkhorn_row_potential(S, 20.0, torch.zeros(6), 1.0)

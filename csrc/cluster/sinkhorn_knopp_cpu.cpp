@@ -1,6 +1,7 @@
 // Sinkhorn-Knopp CPU kernels: the column step walks column blocks (one thread owns whole
 // columns, so no partial sums need merging), the row step and the plan walk rows. Inner loops
-// are plain and multiversioned for AVX2.
+// are plain and multiversioned for AVX2. Exponents are formed in double (the potentials are
+// float64, see sinkhorn_knopp_kernels.h) and exponentiated in the score dtype.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -21,13 +22,20 @@ namespace {
 constexpr int64_t kColumnBlock = 256;
 constexpr int64_t kRowChunk = 64;
 
+// exp(d) for an exponent d <= ~0 formed in double, evaluated in the score dtype T.
+template <typename T>
+inline T exp_of(double d) {
+  return exp_vectorizable(static_cast<T>(d));
+}
+
 // Online column log-sum-exp over rows [0, B) of one column block, merged chunk by chunk: the
 // running sum is rescaled once per chunk (one exp per column), the elements cost one exp each.
 template <typename T>
 JEM_CPU_MULTIVERSION void column_block_stats(const T* S, int64_t B, int64_t K, int64_t k0,
-                                             int64_t width, T scale, const T* f, T* m, T* s) {
-  const T neg_inf = -std::numeric_limits<T>::infinity();
-  T chunk_max[kColumnBlock];
+                                             int64_t width, double scale, const double* f,
+                                             double* m, double* s) {
+  const double neg_inf = -std::numeric_limits<double>::infinity();
+  double chunk_max[kColumnBlock];
   for (int64_t j = 0; j < width; ++j) {
     m[j] = neg_inf;
     s[j] = 0;
@@ -36,53 +44,61 @@ JEM_CPU_MULTIVERSION void column_block_stats(const T* S, int64_t B, int64_t K, i
     const int64_t b1 = std::min(B, b0 + kRowChunk);
     for (int64_t j = 0; j < width; ++j) chunk_max[j] = neg_inf;
     for (int64_t b = b0; b < b1; ++b) {
-      const T fb = f ? f[b] : T(0);
+      const double fb = f ? f[b] : 0.0;
       const T* row = S + b * K + k0;
       for (int64_t j = 0; j < width; ++j) {
-        const T x = scale * row[j] + fb;
+        const double x = scale * static_cast<double>(row[j]) + fb;
         chunk_max[j] = x > chunk_max[j] ? x : chunk_max[j];
       }
     }
     for (int64_t j = 0; j < width; ++j) {
-      const T new_m = chunk_max[j] > m[j] ? chunk_max[j] : m[j];
-      s[j] = s[j] == T(0) ? T(0) : s[j] * exp_vectorizable(m[j] - new_m);
+      const double new_m = chunk_max[j] > m[j] ? chunk_max[j] : m[j];
+      s[j] = s[j] == 0.0 ? 0.0 : s[j] * std::exp(m[j] - new_m);
       m[j] = new_m;
     }
     for (int64_t b = b0; b < b1; ++b) {
-      const T fb = f ? f[b] : T(0);
+      const double fb = f ? f[b] : 0.0;
       const T* row = S + b * K + k0;
-      for (int64_t j = 0; j < width; ++j) s[j] += exp_vectorizable(scale * row[j] + fb - m[j]);
+      for (int64_t j = 0; j < width; ++j) {
+        s[j] += static_cast<double>(exp_of<T>(scale * static_cast<double>(row[j]) + fb - m[j]));
+      }
     }
   }
 }
 
 template <typename T>
-JEM_CPU_MULTIVERSION T row_max(const T* s, int64_t K, T scale, const T* g) {
-  T lanes[kLanes];
-  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<T>::infinity();
+JEM_CPU_MULTIVERSION double row_max(const T* s, int64_t K, double scale, const double* g) {
+  double lanes[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<double>::infinity();
   int64_t k = 0;
   for (; k + kLanes <= K; k += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) {
-      const T x = scale * s[k + l] + g[k + l];
+      const double x = scale * static_cast<double>(s[k + l]) + g[k + l];
       lanes[l] = x > lanes[l] ? x : lanes[l];
     }
   }
-  T m = -std::numeric_limits<T>::infinity();
+  double m = -std::numeric_limits<double>::infinity();
   for (; k < K; ++k) {
-    const T x = scale * s[k] + g[k];
+    const double x = scale * static_cast<double>(s[k]) + g[k];
     m = x > m ? x : m;
   }
   for (int64_t l = 0; l < kLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
   return m;
 }
 
-template <typename T>
-JEM_CPU_MULTIVERSION double row_sum_exp(const T* s, int64_t K, T scale, const T* g, T shift) {
+// sum_k exp(scale s_k + g_k - shift); with kStore each exp is also written to out[k].
+template <bool kStore, typename T>
+JEM_CPU_MULTIVERSION double row_sum_exp(const T* s, int64_t K, double scale, const double* g,
+                                        double shift, T* out) {
   double total = 0.0;
   T lanes[kLanes] = {};
   int64_t k = 0;
   for (int64_t n = 0; k + kLanes <= K; k += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += exp_vectorizable(scale * s[k + l] + g[k + l] - shift);
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const T e = exp_of<T>(scale * static_cast<double>(s[k + l]) + g[k + l] - shift);
+      if (kStore) out[k + l] = e;
+      lanes[l] += e;
+    }
     if ((n += kLanes) == kFoldBlock) {
       for (int64_t l = 0; l < kLanes; ++l) {
         total += static_cast<double>(lanes[l]);
@@ -91,22 +107,33 @@ JEM_CPU_MULTIVERSION double row_sum_exp(const T* s, int64_t K, T scale, const T*
       n = 0;
     }
   }
-  for (; k < K; ++k) total += static_cast<double>(exp_vectorizable(scale * s[k] + g[k] - shift));
+  for (; k < K; ++k) {
+    const T e = exp_of<T>(scale * static_cast<double>(s[k]) + g[k] - shift);
+    if (kStore) out[k] = e;
+    total += static_cast<double>(e);
+  }
   for (int64_t l = 0; l < kLanes; ++l) total += static_cast<double>(lanes[l]);
   return total;
 }
 
 template <typename T>
-JEM_CPU_MULTIVERSION void plan_row(const T* s, int64_t K, T scale, T fb, const T* g, T rows,
-                                   T* q) {
-  for (int64_t k = 0; k < K; ++k) q[k] = rows * exp_vectorizable(scale * s[k] + fb + g[k]);
+JEM_CPU_MULTIVERSION void plan_row(const T* s, int64_t K, double scale, double fb,
+                                   const double* g, T rows, T* q) {
+  for (int64_t k = 0; k < K; ++k) {
+    q[k] = rows * exp_of<T>(scale * static_cast<double>(s[k]) + g[k] + fb);
+  }
+}
+
+template <typename T>
+JEM_CPU_MULTIVERSION void scale_row(T* q, int64_t K, T factor) {
+  for (int64_t k = 0; k < K; ++k) q[k] *= factor;
 }
 
 }  // namespace
 
 template <typename T>
-void column_stats_cpu(const T* S, int64_t B, int64_t K, T scale, const T* f, T* colmax,
-                      T* colsum) {
+void column_stats_cpu(const T* S, int64_t B, int64_t K, double scale, const double* f,
+                      double* colmax, double* colsum) {
   const int64_t blocks = (K + kColumnBlock - 1) / kColumnBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; ++blk) {
@@ -118,27 +145,52 @@ void column_stats_cpu(const T* S, int64_t B, int64_t K, T scale, const T* f, T* 
 }
 
 template <typename T>
-void row_potential_cpu(const T* S, int64_t B, int64_t K, T scale, const T* g, T log_rows, T* f) {
+void row_potential_cpu(const T* S, int64_t B, int64_t K, double scale, const double* g,
+                       double log_rows, double* f) {
   at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const T* s = S + b * K;
-      const T m = row_max(s, K, scale, g);
-      f[b] = -log_rows - (m + static_cast<T>(std::log(row_sum_exp(s, K, scale, g, m))));
+      const double m = row_max(s, K, scale, g);
+      const double total = row_sum_exp<false>(s, K, scale, g, m, static_cast<T*>(nullptr));
+      f[b] = -log_rows - (m + std::log(total));
     }
   });
 }
 
 template <typename T>
-void plan_cpu(const T* S, int64_t B, int64_t K, T scale, const T* f, const T* g, T rows, T* Q) {
+void plan_cpu(const T* S, int64_t B, int64_t K, double scale, const double* f, const double* g,
+              double rows, T* Q) {
   at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) plan_row(S + b * K, K, scale, f[b], g, rows, Q + b * K);
+    for (int64_t b = begin; b < end; ++b) {
+      plan_row(S + b * K, K, scale, f[b], g, static_cast<T>(rows), Q + b * K);
+    }
+  });
+}
+
+template <typename T>
+void row_plan_cpu(const T* S, int64_t B, int64_t K, double scale, const double* g,
+                  double log_rows, double* f, T* Q) {
+  at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const T* s = S + b * K;
+      T* q = Q + b * K;
+      const double m = row_max(s, K, scale, g);
+      const double total = row_sum_exp<true>(s, K, scale, g, m, q);  // q = exp(z - m)
+      f[b] = -log_rows - (m + std::log(total));
+      scale_row(q, K, static_cast<T>(1.0 / total));
+    }
   });
 }
 
 #define JEM_INSTANTIATE(T)                                                                   \
-  template void column_stats_cpu<T>(const T*, int64_t, int64_t, T, const T*, T*, T*);        \
-  template void row_potential_cpu<T>(const T*, int64_t, int64_t, T, const T*, T, T*);        \
-  template void plan_cpu<T>(const T*, int64_t, int64_t, T, const T*, const T*, T, T*);
+  template void column_stats_cpu<T>(const T*, int64_t, int64_t, double, const double*,       \
+                                    double*, double*);                                       \
+  template void row_potential_cpu<T>(const T*, int64_t, int64_t, double, const double*,      \
+                                     double, double*);                                       \
+  template void plan_cpu<T>(const T*, int64_t, int64_t, double, const double*, const double*, \
+                            double, T*);                                                     \
+  template void row_plan_cpu<T>(const T*, int64_t, int64_t, double, const double*, double,   \
+                                double*, T*);
 JEM_INSTANTIATE(float)
 JEM_INSTANTIATE(double)
 #undef JEM_INSTANTIATE

@@ -48,12 +48,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> barlow_twins_forward(
   };
 
   if (!is_cuda) {
-    at::Tensor moments = at::empty({kNumMoments, D}, acc_opts);
+    at::Tensor moments = at::empty({kNumMoments, D}, acc_opts.dtype(at::kDouble));
     int flags = 0;
     AT_DISPATCH_FLOATING_TYPES(ctype, "barlow_twins_forward_cpu", [&] {
       paired_column_moments_cpu<scalar_t>(z_a.data_ptr<scalar_t>(), z_b.data_ptr<scalar_t>(), N,
-                                          D, moments.data_ptr<scalar_t>());
-      flags = barlow_twins_finalize_cpu<scalar_t>(moments.data_ptr<scalar_t>(), N, D, gram_route,
+                                          D, moments.data_ptr<double>());
+      flags = barlow_twins_finalize_cpu<scalar_t>(moments.data_ptr<double>(), N, D, gram_route,
                                                   colstats.data_ptr<scalar_t>(),
                                                   terms.data_ptr<scalar_t>());
       for (int v = 0; v < 2; ++v) {

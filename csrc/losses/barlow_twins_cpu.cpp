@@ -24,7 +24,8 @@ namespace {
 template <typename T>
 JEM_CPU_MULTIVERSION void barlow_grad_column_block(const T* y, const T* self_norm,
                                                    const T* other_norm, const T* inv_std,
-                                                   const T* c_diag, double alpha, double g0,
+                                                   const T* c_diag, const T* c_minus_1,
+                                                   double alpha, double g0,
                                                    double g1, int64_t N, int64_t D, int64_t c0,
                                                    int64_t width, T* grad) {
   const double n = static_cast<double>(N);
@@ -42,7 +43,7 @@ JEM_CPU_MULTIVERSION void barlow_grad_column_block(const T* y, const T* self_nor
   T t_coef[kColBlock], t_mean_daa[kColBlock], t_scale[kColBlock];
   for (int64_t j = 0; j < width; ++j) {
     const double c = c_diag[c0 + j];
-    const double coef = 2.0 * (g0 * (c - 1.0) - g1 * c) / n;
+    const double coef = 2.0 * (g0 * static_cast<double>(c_minus_1[c0 + j]) - g1 * c) / n;
     t_coef[j] = static_cast<T>(coef);
     t_mean_daa[j] = static_cast<T>(alpha * sum_ya[j] / n + coef * c);
     t_scale[j] = inv_std[c0 + j];
@@ -63,7 +64,7 @@ JEM_CPU_MULTIVERSION void barlow_grad_column_block(const T* y, const T* self_nor
 }  // namespace
 
 template <typename T>
-int barlow_twins_finalize_cpu(const T* moments, int64_t N, int64_t D, bool gram_route,
+int barlow_twins_finalize_cpu(const double* moments, int64_t N, int64_t D, bool gram_route,
                               T* colstats, T* terms) {
   const double n = static_cast<double>(N);
   double on_diag = 0.0, diagsq = 0.0;
@@ -86,7 +87,7 @@ int barlow_twins_finalize_cpu(const T* moments, int64_t N, int64_t D, bool gram_
     colstats[kStat2A * D + d] = static_cast<T>(inv_std_a);
     colstats[kStat2B * D + d] = static_cast<T>(inv_std_b);
     colstats[kStat3A * D + d] = static_cast<T>(c);
-    colstats[kStat3B * D + d] = static_cast<T>(0);
+    colstats[kStat3B * D + d] = static_cast<T>(c - 1.0);
   }
   if (!std::isfinite(on_diag) && flags == 0) flags = kNonFiniteA | kNonFiniteB;
   terms[0] = static_cast<T>(on_diag);
@@ -103,6 +104,7 @@ void barlow_twins_backward_view_cpu(const T* grad_terms, const T* y, const T* se
   const double alpha = 2.0 * g1 / (n * n);
   const T* inv_std = colstats + (view == 0 ? kStat2A : kStat2B) * D;
   const T* c_diag = colstats + kStat3A * D;
+  const T* c_minus_1 = colstats + kStat3B * D;
   const int64_t num_blocks = (D + kColBlock - 1) / kColBlock;
   // Batch-norm backward: grad = inv_std * (dA - mean_n dA - self * mean_n(dA * self)). The
   // normalized columns have zero mean, so mean_n dA = 0 (1^T B = 0 makes 1^T y = 0 too), and
@@ -110,14 +112,14 @@ void barlow_twins_backward_view_cpu(const T* grad_terms, const T* y, const T* se
   at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t c0 = blk * kColBlock;
-      barlow_grad_column_block<T>(y, self_norm, other_norm, inv_std, c_diag, alpha, g0, g1, N, D,
-                                  c0, std::min(kColBlock, D - c0), grad);
+      barlow_grad_column_block<T>(y, self_norm, other_norm, inv_std, c_diag, c_minus_1, alpha, g0,
+                                  g1, N, D, c0, std::min(kColBlock, D - c0), grad);
     }
   });
 }
 
 #define JEM_INSTANTIATE(T)                                                                     \
-  template int barlow_twins_finalize_cpu<T>(const T*, int64_t, int64_t, bool, T*, T*);        \
+  template int barlow_twins_finalize_cpu<T>(const double*, int64_t, int64_t, bool, T*, T*);   \
   template void barlow_twins_backward_view_cpu<T>(const T*, const T*, const T*, const T*,     \
                                                   const T*, int, int64_t, int64_t, T*);
 JEM_INSTANTIATE(float)

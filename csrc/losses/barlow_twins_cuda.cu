@@ -24,7 +24,7 @@ constexpr int kTileRows = 8;
 
 template <typename A>
 __global__ void __launch_bounds__(kFinalizeThreads)
-barlow_twins_finalize_columns_kernel(const A* __restrict__ partials, int64_t num_splits,
+barlow_twins_finalize_columns_kernel(const double* __restrict__ partials, int64_t num_splits,
                                      int64_t N, int64_t D, A* __restrict__ colstats,
                                      FinalizeBlockPartials block_partials) {
   __shared__ double shared[32];
@@ -50,7 +50,7 @@ barlow_twins_finalize_columns_kernel(const A* __restrict__ partials, int64_t num
     colstats[kStat2A * D + d] = static_cast<A>(inv_std_a);
     colstats[kStat2B * D + d] = static_cast<A>(inv_std_b);
     colstats[kStat3A * D + d] = static_cast<A>(c);
-    colstats[kStat3B * D + d] = A(0);
+    colstats[kStat3B * D + d] = static_cast<A>(c - 1.0);  // not 1 - rounded c: see the header
   }
   if (local_flags) atomicOr(&shared_flags, local_flags);
   on_diag = cuda::block_reduce_sum<double>(on_diag, shared);
@@ -138,7 +138,8 @@ barlow_column_coefficients_kernel(const A* __restrict__ grad_terms,
   A sum_ya = A(0);
   for (int64_t k = 0; k < num_splits; ++k) sum_ya += partials[k * D + col];
   const A c = colstats[kStat3A * D + col];
-  const A coef = A(2) * (g0 * (c - A(1)) - g1 * c) / n;
+  const A c_minus_1 = colstats[kStat3B * D + col];
+  const A coef = A(2) * (g0 * c_minus_1 - g1 * c) / n;
   coefficients[col] = coef;
   coefficients[D + col] = alpha * sum_ya / n + coef * c;
 }
@@ -178,7 +179,7 @@ void barlow_twins_finalize_cuda(bool is_double, const void* partials, int64_t nu
     using A = decltype(tag);
     cuda::launch("barlow_twins_finalize_columns", barlow_twins_finalize_columns_kernel<A>,
                  dim3(static_cast<unsigned>(num_blocks)), dim3(kFinalizeThreads), 0, stream,
-                 static_cast<const A*>(partials), num_splits, N, D, static_cast<A*>(colstats),
+                 static_cast<const double*>(partials), num_splits, N, D, static_cast<A*>(colstats),
                  block_partials);
     cuda::launch("barlow_twins_finalize_terms", barlow_twins_finalize_terms_kernel<A>, dim3(1),
                  dim3(kFinalizeThreads), 0, stream, block_partials, num_blocks, gram_route,

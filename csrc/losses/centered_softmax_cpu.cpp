@@ -1,5 +1,8 @@
 // centered_softmax CPU kernel: one row per task, three passes over a row that stays in cache
-// (max, exp-sum, write).
+// (max, exp-sum, write). Exponents are scale (v - m) - log S with v = x - c, m = max_k v and
+// S = sum_k exp(scale (v_k - m)): the difference v - m is taken before scaling, so the exponent of
+// the largest logit is exactly -log S (exactly 0 when K = 1) whatever |scale v|, and an FMA the
+// compiler may form cannot leave a rounding residue of scale v in it.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -39,14 +42,14 @@ JEM_CPU_MULTIVERSION A centered_max(const I* x, const A* c, int64_t K) {
 }
 
 template <typename I, typename A>
-JEM_CPU_MULTIVERSION double centered_exp_sum(const I* x, const A* c, int64_t K, A scale,
-                                             A shift) {
+JEM_CPU_MULTIVERSION double centered_exp_sum(const I* x, const A* c, int64_t K, A scale, A m) {
   double total = 0.0;
   A lanes[kLanes] = {};
   int64_t k = 0;
   for (int64_t n = 0; k + kLanes <= K; k += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) {
-      lanes[l] += exp_vectorizable(scale * (static_cast<A>(x[k + l]) - (c ? c[k + l] : A(0))) - shift);
+      const A v = static_cast<A>(x[k + l]) - (c ? c[k + l] : A(0));
+      lanes[l] += exp_vectorizable(scale * (v - m));
     }
     if ((n += kLanes) == kFoldBlock) {
       for (int64_t l = 0; l < kLanes; ++l) {
@@ -57,18 +60,19 @@ JEM_CPU_MULTIVERSION double centered_exp_sum(const I* x, const A* c, int64_t K, 
     }
   }
   for (; k < K; ++k) {
-    total += static_cast<double>(
-        exp_vectorizable(scale * (static_cast<A>(x[k]) - (c ? c[k] : A(0))) - shift));
+    const A v = static_cast<A>(x[k]) - (c ? c[k] : A(0));
+    total += static_cast<double>(exp_vectorizable(scale * (v - m)));
   }
   for (int64_t l = 0; l < kLanes; ++l) total += static_cast<double>(lanes[l]);
   return total;
 }
 
 template <typename I, typename A>
-JEM_CPU_MULTIVERSION void centered_write(const I* x, const A* c, int64_t K, A scale, A lse,
-                                         A* out) {
+JEM_CPU_MULTIVERSION void centered_write(const I* x, const A* c, int64_t K, A scale, A m,
+                                         A log_s, A* out) {
   for (int64_t k = 0; k < K; ++k) {
-    out[k] = exp_vectorizable(scale * (static_cast<A>(x[k]) - (c ? c[k] : A(0))) - lse);
+    const A v = static_cast<A>(x[k]) - (c ? c[k] : A(0));
+    out[k] = exp_vectorizable(scale * (v - m) - log_s);
   }
 }
 
@@ -79,10 +83,9 @@ void forward_cpu(const I* x, const A* center, int64_t B, int64_t K, A scale, A* 
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const I* row = x + b * K;
-      const A shift = scale * centered_max(row, center, K);  // scale > 0
-      const A lse =
-          shift + static_cast<A>(std::log(centered_exp_sum(row, center, K, scale, shift)));
-      centered_write(row, center, K, scale, lse, out + b * K);
+      const A m = centered_max(row, center, K);  // scale > 0: the max of scale v too
+      const A log_s = static_cast<A>(std::log(centered_exp_sum(row, center, K, scale, m)));
+      centered_write(row, center, K, scale, m, log_s, out + b * K);
     }
   });
 }

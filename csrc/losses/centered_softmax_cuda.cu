@@ -1,5 +1,7 @@
 // centered_softmax CUDA kernel: one block per row; an online (max, sum-exp) pass merged through
-// the block, then the write pass (the row is re-read from L2). CUDA headers only.
+// the block, then the write pass (the row is re-read from L2). Exponents are scale (v - m) -
+// log S with v = x - c and m = max v (online_lse.cuh's scaled pairs): the largest logit gets
+// exactly exp(-log S), 1 when K = 1, whatever |scale v|. CUDA headers only.
 #include <cmath>
 
 #include "common/cuda_utils.cuh"
@@ -14,8 +16,8 @@ namespace {
 using cuda::acc_t;
 using cuda::acc_exp;
 using cuda::acc_log;
-using cuda::add_lse;
-using cuda::block_merge_lse;
+using cuda::add_lse_scaled;
+using cuda::block_merge_lse_scaled;
 using cuda::load_acc;
 
 constexpr int kThreads = 512;
@@ -25,21 +27,24 @@ __global__ void __launch_bounds__(kThreads)
 centered_softmax_kernel(const I* __restrict__ x, const A* __restrict__ center,
                                         int64_t K, A scale, A* __restrict__ out) {
   __shared__ A shared_m[32], shared_s[32];
-  __shared__ A row_lse;
+  __shared__ A row_max, row_log_s;
   const int64_t b = blockIdx.x;
   const I* row = x + b * K;
   A m = -INFINITY, s = 0;
   for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
-    const A z = scale * (load_acc(row + k) - (center ? center[k] : A(0)));
-    add_lse(m, s, z);
+    add_lse_scaled(m, s, load_acc(row + k) - (center ? center[k] : A(0)), scale);
   }
-  block_merge_lse(m, s, shared_m, shared_s);
-  if (threadIdx.x == 0) row_lse = m + acc_log(s);
+  block_merge_lse_scaled(m, s, scale, shared_m, shared_s);
+  if (threadIdx.x == 0) {
+    row_max = m;
+    row_log_s = acc_log(s);
+  }
   __syncthreads();
-  const A lse = row_lse;
+  const A mx = row_max, log_s = row_log_s;
   A* o = out + b * K;
   for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
-    o[k] = acc_exp(scale * (load_acc(row + k) - (center ? center[k] : A(0))) - lse);
+    const A v = load_acc(row + k) - (center ? center[k] : A(0));
+    o[k] = acc_exp(scale * (v - mx) - log_s);
   }
 }
 

@@ -16,40 +16,37 @@ namespace {
 constexpr int64_t kColBlock = 32;
 constexpr int64_t kRowBlock = 256;
 
-// Adds the shifted moments of rows [begin, end) into acc (6 x D, double). Rows are streamed in
-// memory order and summed in T within blocks of kRowBlock rows (vector-friendly, accurate for a
-// few hundred shifted values), each block folded into double.
+// Adds the shifted moments of rows [begin, end) into acc (6 x D, double). Every operation is in
+// double: the differences and products of float32 values are exact there, so the moments carry
+// no float32 rounding (Barlow Twins' gradient is proportional to 1 - C_ii, which a rounded
+// cross-moment would swamp when the views are highly correlated).
 template <typename T>
 JEM_CPU_MULTIVERSION void moments_of_rows(const T* __restrict__ za, const T* __restrict__ zb,
                                           int64_t begin, int64_t end, int64_t D,
-                                          double* __restrict__ acc, T* __restrict__ part) {
+                                          double* __restrict__ acc) {
   const T* shift_a = za;  // row 0
   const T* shift_b = zb;
-  for (int64_t r0 = begin; r0 < end; r0 += kRowBlock) {
-    const int64_t r1 = std::min(end, r0 + kRowBlock);
-    std::fill(part, part + 6 * D, T(0));
-    T* sa = part + kSumA * D;
-    T* sb = part + kSumB * D;
-    T* saa = part + kSumAA * D;
-    T* sbb = part + kSumBB * D;
-    T* sab = part + kSumAB * D;
-    T* sdd = part + kSumDiffSq * D;
-    for (int64_t n = r0; n < r1; ++n) {
-      const T* ra = za + n * D;
-      const T* rb = zb + n * D;
-      for (int64_t d = 0; d < D; ++d) {
-        const T da = ra[d] - shift_a[d];
-        const T db = rb[d] - shift_b[d];
-        const T diff = ra[d] - rb[d];
-        sa[d] += da;
-        sb[d] += db;
-        saa[d] += da * da;
-        sbb[d] += db * db;
-        sab[d] += da * db;
-        sdd[d] += diff * diff;
-      }
+  double* sa = acc + kSumA * D;
+  double* sb = acc + kSumB * D;
+  double* saa = acc + kSumAA * D;
+  double* sbb = acc + kSumBB * D;
+  double* sab = acc + kSumAB * D;
+  double* sdd = acc + kSumDiffSq * D;
+  for (int64_t n = begin; n < end; ++n) {
+    const T* ra = za + n * D;
+    const T* rb = zb + n * D;
+    for (int64_t d = 0; d < D; ++d) {
+      const double a = static_cast<double>(ra[d]), b = static_cast<double>(rb[d]);
+      const double da = a - static_cast<double>(shift_a[d]);
+      const double db = b - static_cast<double>(shift_b[d]);
+      const double diff = a - b;
+      sa[d] += da;
+      sb[d] += db;
+      saa[d] += da * da;
+      sbb[d] += db * db;
+      sab[d] += da * db;
+      sdd[d] += diff * diff;
     }
-    for (int64_t i = 0; i < 6 * D; ++i) acc[i] += static_cast<double>(part[i]);
   }
 }
 
@@ -84,7 +81,7 @@ JEM_CPU_MULTIVERSION double dot_range(const T* u, const T* v, int64_t begin, int
 }  // namespace
 
 template <typename T>
-void paired_column_moments_cpu(const T* za, const T* zb, int64_t N, int64_t D, T* moments) {
+void paired_column_moments_cpu(const T* za, const T* zb, int64_t N, int64_t D, double* moments) {
   // Row ranges in parallel, each into its own double accumulators, summed in range order.
   const int64_t max_chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
                                                                     (N + kRowBlock - 1) / kRowBlock));
@@ -92,21 +89,19 @@ void paired_column_moments_cpu(const T* za, const T* zb, int64_t N, int64_t D, T
   const int64_t chunks = (N + rows_per_chunk - 1) / rows_per_chunk;
   std::vector<double> acc(static_cast<size_t>(chunks * 6 * D), 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> part(static_cast<size_t>(6 * D));
     for (int64_t c = begin; c < end; ++c) {
       const int64_t r0 = c * rows_per_chunk;
-      moments_of_rows<T>(za, zb, r0, std::min(N, r0 + rows_per_chunk), D, acc.data() + c * 6 * D,
-                         part.data());
+      moments_of_rows<T>(za, zb, r0, std::min(N, r0 + rows_per_chunk), D, acc.data() + c * 6 * D);
     }
   });
   for (int64_t i = 0; i < 6 * D; ++i) {
     double total = 0.0;
     for (int64_t c = 0; c < chunks; ++c) total += acc[c * 6 * D + i];
-    moments[i] = static_cast<T>(total);
+    moments[i] = total;
   }
   for (int64_t d = 0; d < D; ++d) {
-    moments[kShiftA * D + d] = za[d];
-    moments[kShiftB * D + d] = zb[d];
+    moments[kShiftA * D + d] = static_cast<double>(za[d]);
+    moments[kShiftB * D + d] = static_cast<double>(zb[d]);
   }
 }
 
@@ -142,7 +137,7 @@ double frobenius_dot_cpu(const T* u, const T* v, int64_t R, int64_t C, bool skip
 }
 
 #define JEM_INSTANTIATE(T)                                                                     \
-  template void paired_column_moments_cpu<T>(const T*, const T*, int64_t, int64_t, T*);        \
+  template void paired_column_moments_cpu<T>(const T*, const T*, int64_t, int64_t, double*);   \
   template void center_scale_columns_cpu<T>(const T*, const T*, const T*, int64_t, int64_t,    \
                                             T*);                                               \
   template double frobenius_dot_cpu<T>(const T*, const T*, int64_t, int64_t, bool);

@@ -15,7 +15,7 @@ struct CudaMoments {
   DType dtype;
   bool is_double;
   int64_t splits;
-  at::Tensor partials;   // (splits, kNumMoments, D), accumulation type
+  at::Tensor partials;   // (splits, kNumMoments, D), float64 for every input dtype
   at::Tensor workspace;  // cuda_workspace_bytes(N, D) bytes
   at::Tensor flags;      // one int: NonFiniteFlag bits written by the finalize kernel
 };
@@ -27,8 +27,7 @@ inline CudaMoments paired_column_moments_cuda(const at::Tensor& z_a, const at::T
   m.dtype = to_kernel_dtype(z_a.scalar_type());
   m.is_double = z_a.scalar_type() == at::kDouble;
   m.splits = moments_num_row_splits_cuda(N, D);
-  m.partials = at::empty({m.splits, kNumMoments, D},
-                         z_a.options().dtype(acc_type_of(z_a.scalar_type())));
+  m.partials = at::empty({m.splits, kNumMoments, D}, z_a.options().dtype(at::kDouble));
   m.workspace = at::empty({cuda_workspace_bytes(N, D)}, z_a.options().dtype(at::kByte));
   m.flags = at::zeros({1}, z_a.options().dtype(at::kInt));
   paired_column_moments_cuda(m.dtype, z_a.data_ptr(), z_b.data_ptr(), N, D, m.partials.data_ptr(),

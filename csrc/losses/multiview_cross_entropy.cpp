@@ -1,7 +1,7 @@
 // Multi-view soft cross-entropy (SwAV, DINO): schema, checks and dispatch.
 //
 //   multiview_cross_entropy(targets: T x (B, K), logits: V x (B, K), scale)
-//       -> (loss (), lse (V, B), mass (T, B))
+//       -> (loss (), lse (V, B) float64, mass (T, B))
 //   loss = mean over pairs (t, v), v != t, of mean_b [ -sum_k y_tbk log_softmax(scale x_vb)_k ]
 //   multiview_cross_entropy_backward(grad_loss, targets, logits, lse, mass, scale) -> V grads
 //
@@ -110,8 +110,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multiview_cross_entropy(
   const auto targets = contiguous_all(targets_v);
   const auto logits = contiguous_all(logits_v);
   const auto opts = logits[0].options().dtype(acc_type_of(logits[0].scalar_type()));
-  at::Tensor lse = at::empty({p.views, p.rows}, opts);
-  at::Tensor contribution = at::empty({p.views, p.rows}, opts);
+  const auto opts64 = logits[0].options().dtype(at::kDouble);
+  at::Tensor lse = at::empty({p.views, p.rows}, opts64);
+  at::Tensor contribution = at::empty({p.views, p.rows}, opts64);
   at::Tensor mass = at::empty({p.targets, p.rows}, opts);
   if (!logits[0].is_cuda()) {
     dispatch_cpu(logits[0].scalar_type(), [&](auto itag, auto atag) {
@@ -119,8 +120,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multiview_cross_entropy(
       using A = decltype(atag);
       const auto y = pointers<const A*>(targets);
       const auto x = pointers<const I*>(logits);
-      forward_cpu<I, A>(p, y.data(), x.data(), lse.data_ptr<A>(), contribution.data_ptr<A>(),
-                        mass.data_ptr<A>());
+      forward_cpu<I, A>(p, y.data(), x.data(), lse.data_ptr<double>(),
+                        contribution.data_ptr<double>(), mass.data_ptr<A>());
     });
   } else {
 #ifdef WITH_CUDA
@@ -133,7 +134,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multiview_cross_entropy(
                  current_stream());
 #endif
   }
-  at::Tensor loss = contribution.sum().div_(static_cast<double>(pair_count(p.targets, p.views) * p.rows));
+  // Summed in float64, then rounded once to the accumulation dtype.
+  at::Tensor loss = contribution.sum()
+                        .div_(static_cast<double>(pair_count(p.targets, p.views) * p.rows))
+                        .to(opts.dtype());
   if (check_finite && !capturing_cuda_graph(loss)) {
     TORCH_CHECK(at::isfinite(loss).item<bool>(), kOp,
                 ": the loss is not finite: the student outputs (logits) or the targets contain NaN "
@@ -160,7 +164,7 @@ std::vector<at::Tensor> multiview_cross_entropy_backward(const at::Tensor& grad_
   const auto targets = contiguous_all(targets_v);
   const auto logits = contiguous_all(logits_v);
   const auto acc = acc_type_of(logits[0].scalar_type());
-  const at::Tensor lse_c = lse.to(acc).contiguous();
+  const at::Tensor lse_c = lse.to(at::kDouble).contiguous();
   const at::Tensor mass_c = mass.to(acc).contiguous();
   const at::Tensor coef = grad_loss.reshape({1}).to(acc).mul(
       scale / static_cast<double>(pair_count(p.targets, p.views) * p.rows));
@@ -173,7 +177,7 @@ std::vector<at::Tensor> multiview_cross_entropy_backward(const at::Tensor& grad_
       const auto y = pointers<const A*>(targets);
       const auto x = pointers<const I*>(logits);
       const auto g = pointers<I*>(grads);
-      backward_cpu<I, A>(p, y.data(), x.data(), lse_c.data_ptr<A>(), mass_c.data_ptr<A>(),
+      backward_cpu<I, A>(p, y.data(), x.data(), lse_c.data_ptr<double>(), mass_c.data_ptr<A>(),
                          coef.item<A>(), g.data());
     });
   } else {

@@ -33,7 +33,7 @@ JEM_CPU_MULTIVERSION void vicreg_grad_rows(const T* y, const T* x, const T* x_ot
 }  // namespace
 
 template <typename T>
-int vicreg_finalize_cpu(const T* moments, int64_t N, int64_t D, double eps, bool gram_route,
+int vicreg_finalize_cpu(const double* moments, int64_t N, int64_t D, double eps, bool gram_route,
                         T* colstats, T* terms) {
   const double n = static_cast<double>(N);
   double invariance = 0.0, hinge_a = 0.0, hinge_b = 0.0, diagsq = 0.0;
@@ -68,7 +68,8 @@ int vicreg_finalize_cpu(const T* moments, int64_t N, int64_t D, double eps, bool
 
 template <typename T>
 void vicreg_backward_view_cpu(const T* grad_terms, const T* y, const T* x, const T* x_other,
-                              const T* colstats, int view, int64_t N, int64_t D, T* grad) {
+                              const T* colstats, int view, int64_t N, int64_t D,
+                              bool diagonal_in_y, T* grad) {
   const double n = static_cast<double>(N), dd = static_cast<double>(D);
   const double g_inv = grad_terms[0], g_var = grad_terms[1], g_cov = grad_terms[2];
   const double alpha = g_cov * 4.0 / ((n - 1.0) * (n - 1.0) * dd);
@@ -84,7 +85,7 @@ void vicreg_backward_view_cpu(const T* grad_terms, const T* y, const T* x, const
     // relu'(0) = 0, as in torch: the hinge only pulls columns whose std is below 1.
     const double s = stdev[d];
     const double hinge = s < 1.0 ? g_var * 0.5 / (dd * (n - 1.0) * s) : 0.0;
-    colscale[d] = static_cast<T>(-alpha * m2[d] - hinge);
+    colscale[d] = static_cast<T>((diagonal_in_y ? -alpha * m2[d] : 0.0) - hinge);
     shift[d] = static_cast<T>(static_cast<double>(mean_self[d]) - mean_other[d]);
   }
   const T a = static_cast<T>(alpha), b = static_cast<T>(beta);
@@ -95,9 +96,9 @@ void vicreg_backward_view_cpu(const T* grad_terms, const T* y, const T* x, const
 }
 
 #define JEM_INSTANTIATE(T)                                                                     \
-  template int vicreg_finalize_cpu<T>(const T*, int64_t, int64_t, double, bool, T*, T*);      \
+  template int vicreg_finalize_cpu<T>(const double*, int64_t, int64_t, double, bool, T*, T*); \
   template void vicreg_backward_view_cpu<T>(const T*, const T*, const T*, const T*, const T*, \
-                                            int, int64_t, int64_t, T*);
+                                            int, int64_t, int64_t, bool, T*);
 JEM_INSTANTIATE(float)
 JEM_INSTANTIATE(double)
 #undef JEM_INSTANTIATE

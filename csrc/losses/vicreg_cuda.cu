@@ -17,7 +17,7 @@ namespace {
 
 template <typename A>
 __global__ void __launch_bounds__(kFinalizeThreads)
-vicreg_finalize_columns_kernel(const A* __restrict__ partials, int64_t num_splits, int64_t N,
+vicreg_finalize_columns_kernel(const double* __restrict__ partials, int64_t num_splits, int64_t N,
                                int64_t D, double eps, A* __restrict__ colstats,
                                FinalizeBlockPartials block_partials) {
   __shared__ double shared[32];
@@ -101,7 +101,7 @@ vicreg_backward_view_kernel(const acc_t<T>* __restrict__ grad_terms,
                                             const T* __restrict__ x,
                                             const T* __restrict__ x_other,
                                             const acc_t<T>* __restrict__ colstats, int view,
-                                            int64_t N, int64_t D, T* grad) {
+                                            int64_t N, int64_t D, bool diagonal_in_y, T* grad) {
   using A = acc_t<T>;
   const A n = static_cast<A>(N), dd = static_cast<A>(D);
   const A g_inv = grad_terms[0], g_var = grad_terms[1], g_cov = grad_terms[2];
@@ -111,13 +111,15 @@ vicreg_backward_view_kernel(const acc_t<T>* __restrict__ grad_terms,
   const A* mean_other = colstats + (view == 0 ? kMeanB : kMeanA) * D;
   const A* m2 = colstats + (view == 0 ? kStat2A : kStat2B) * D;
   const A* stdev = colstats + (view == 0 ? kStat3A : kStat3B) * D;
+  // y = x C with the diagonal of C (removed here), or x (C - diag C) already.
+  const A diag_coef = diagonal_in_y ? alpha : A(0);
   const int64_t total = N * D;
   for (cuda::GridStrideCursor c(D); c.i < total; c.advance()) {
     const int64_t i = c.i, d = c.col;
     const A s = stdev[d];
     // relu'(0) = 0 as in torch: only columns with std below 1 are pulled.
     const A hinge = s < A(1) ? g_var * A(0.5) / (dd * (n - A(1)) * s) : A(0);
-    const A colscale = -alpha * m2[d] - hinge;
+    const A colscale = -diag_coef * m2[d] - hinge;
     const A xv = load_acc(x + i);
     const A diff = xv - load_acc(x_other + i) + (mean_self[d] - mean_other[d]);
     grad[i] = cuda::store_cast<T>(static_cast<double>(alpha * y[i] + xv * colscale + beta * diff));
@@ -135,7 +137,7 @@ void vicreg_finalize_cuda(bool is_double, const void* partials, int64_t num_spli
     using A = decltype(tag);
     cuda::launch("vicreg_finalize_columns", vicreg_finalize_columns_kernel<A>,
                  dim3(static_cast<unsigned>(num_blocks)), dim3(kFinalizeThreads), 0, stream,
-                 static_cast<const A*>(partials), num_splits, N, D, eps, static_cast<A*>(colstats),
+                 static_cast<const double*>(partials), num_splits, N, D, eps, static_cast<A*>(colstats),
                  block_partials);
     cuda::launch("vicreg_finalize_terms", vicreg_finalize_terms_kernel<A>, dim3(1),
                  dim3(kFinalizeThreads), 0, stream, block_partials, num_blocks, N, D, gram_route,
@@ -145,7 +147,7 @@ void vicreg_finalize_cuda(bool is_double, const void* partials, int64_t num_spli
 
 void vicreg_backward_view_cuda(DType dtype, const void* grad_terms, const void* y, const void* x,
                                const void* x_other, const void* colstats, int view, int64_t N,
-                               int64_t D, void* grad, cudaStream_t stream) {
+                               int64_t D, bool diagonal_in_y, void* grad, cudaStream_t stream) {
   const unsigned blocks = cuda::elementwise_blocks(N * D, kElementwiseThreads, 8192);
   cuda::dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -154,7 +156,7 @@ void vicreg_backward_view_cuda(DType dtype, const void* grad_terms, const void* 
                  dim3(kElementwiseThreads), 0, stream, static_cast<const A*>(grad_terms),
                  static_cast<const A*>(y), static_cast<const T*>(x),
                  static_cast<const T*>(x_other), static_cast<const A*>(colstats), view, N, D,
-                 static_cast<T*>(grad));
+                 diagonal_in_y, static_cast<T*>(grad));
   });
 }
 

@@ -45,6 +45,7 @@ import torch
 from ..ops import augment_views as _ops  # noqa: F401  (registers the fake kernel)
 
 from .sampling import IMAGENET_MEAN, IMAGENET_STD  # one definition for the kernel and presets
+from .sampling import uint8_error
 
 MAX_SIZE = 16384          # per output side, as the op enforces
 MAX_BLUR_KERNEL = 63      # the op's limit (shared-memory tile + halo on CUDA)
@@ -92,7 +93,7 @@ def _image_list(images, input_layout):
     for i, img in enumerate(items):
         name = "images" if batch else f"images[{i}]"
         if img.dtype != torch.uint8:
-            raise TypeError(f"{name} must be uint8, got {img.dtype}")
+            raise TypeError(uint8_error(name, img.dtype))
         if img.device != device:
             raise ValueError(f"{name} is on {img.device}, images[0] on {device}: all images must "
                              "be on one device")

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .sampling import ViewConfig, derive_seed, sample_views_params, _check_seed
+from .sampling import ViewConfig, derive_seed, sample_views_params, uint8_error, _check_seed
 
 __all__ = ["MultiViewAugment", "SimCLRAugment", "BYOLAugment", "VICRegAugment",
            "BarlowTwinsAugment", "DINOAugment", "DINOv2Augment", "SwAVAugment", "MAEAugment",
@@ -66,8 +66,10 @@ def _image_geometry(images: Images, layout: str):
         return h, w
 
     def check_dtype(t: torch.Tensor, what: str):
-        if t.dtype != torch.uint8 and not t.is_floating_point():
-            raise TypeError(f"{what} must be uint8 (or floating in [0, 1]), got {t.dtype}")
+        # The fused kernel reads uint8 pixels only (what decoders return); checked here so that
+        # no parameters are drawn for a batch the kernel would reject.
+        if t.dtype != torch.uint8:
+            raise TypeError(uint8_error(what, t.dtype))
 
     if isinstance(images, torch.Tensor):
         if images.dim() != 4:

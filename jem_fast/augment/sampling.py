@@ -71,6 +71,15 @@ _PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
 _PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
 
 
+def uint8_error(name: str, dtype: torch.dtype) -> str:
+    """The error of the kernel and the presets for non-uint8 images (one wording for both)."""
+    hint = ""
+    if dtype.is_floating_point:
+        hint = (" (the fused kernel reads 8-bit pixels, as decoders return them; convert float "
+                "images in [0, 1] with `(images * 255).round().to(torch.uint8)`)")
+    return f"{name} must be uint8, got {dtype}{hint}"
+
+
 # ------------------------------------------------------------------------------ the generator
 
 def _mulhilo(a: torch.Tensor, m: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops._common import check_devices
 from ..ops.info_nce import check_temperature
 
 
@@ -20,8 +21,9 @@ class DeepClusterV2Loss(torch.nn.Module):
           tensors; rows with ignore_index (default -1, what jem_fast.cluster gives rows without
           an assignment) do not count. In the official training loop the targets of a batch
           are `assignments[h][idx].repeat(num_crops)`, one per crop.
-    The scores are cast to float32 (float64 stays float64) before the softmax. A head whose
-    rows are all ignored contributes 0 (torch's mean would be 0/0 = NaN).
+    The scores are cast to float32 (float64 stays float64) before the softmax; integer or bool
+    scores and an empty batch (no rows or no prototypes) raise, as in the other losses. A head
+    whose rows are all ignored contributes 0 (torch's mean would be 0/0 = NaN).
     """
 
     def __init__(self, temperature: float = 0.1, ignore_index: int = -1):
@@ -43,9 +45,22 @@ class DeepClusterV2Loss(torch.nn.Module):
                              f"{len(labels)}")
         loss = None
         for h, (scores, t) in enumerate(zip(heads, labels)):
+            if not isinstance(scores, Tensor):
+                raise TypeError(f"outputs[{h}] must be a torch.Tensor, got "
+                                f"{type(scores).__name__}")
+            if not isinstance(t, Tensor):
+                raise TypeError(f"targets[{h}] must be a torch.Tensor, got {type(t).__name__}")
             if scores.dim() != 2:
                 raise ValueError(f"outputs[{h}] must be 2-D (batch, num_prototypes), got shape "
                                  f"{tuple(scores.shape)}")
+            if not scores.is_floating_point():
+                raise TypeError(f"outputs[{h}] must be floating-point prototype scores (float32, "
+                                f"float64, float16 or bfloat16), got {scores.dtype}")
+            if scores.shape[0] == 0 or scores.shape[1] == 0:
+                raise ValueError(f"outputs[{h}] must be non-empty (at least one row and one "
+                                 f"prototype), got shape {tuple(scores.shape)}")
+            check_devices("DeepClusterV2Loss", ((f"outputs[{h}]", scores),
+                                                (f"targets[{h}]", t)), error=ValueError)
             if t.dim() != 1 or t.shape[0] != scores.shape[0]:
                 raise ValueError(f"targets[{h}] must be a vector with one entry per row of "
                                  f"outputs[{h}] ({scores.shape[0]}), got shape {tuple(t.shape)}")

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 
 from ..distributed import is_distributed
+from ..ops._common import check_devices, named_list
 from ..ops.multiview_cross_entropy import centered_softmax, multiview_cross_entropy
 from ..ops.sinkhorn_knopp import sinkhorn_knopp
 
@@ -67,6 +68,9 @@ class DINOLoss(torch.nn.Module):
         self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
         self.teacher_temp_schedule = torch.linspace(start=warmup_teacher_temp, end=teacher_temp,
                                                     steps=warmup_teacher_temp_epochs)
+        # The same values as Python floats: indexing the tensor with `epoch` would be a
+        # data-dependent read under torch.compile(dynamic=True).
+        self._teacher_temps = [float(t) for t in self.teacher_temp_schedule]
         self.teacher_centering = teacher_centering
         self.sinkhorn_iterations = sinkhorn_iterations
         self.check_finite = check_finite
@@ -77,7 +81,7 @@ class DINOLoss(torch.nn.Module):
         if teacher_temp is not None:
             return float(teacher_temp)
         if epoch is not None and epoch < self.warmup_teacher_temp_epochs:
-            return float(self.teacher_temp_schedule[epoch])
+            return self._teacher_temps[epoch]
         return float(self.teacher_temp)
 
     def _check_views(self, teacher_out, student_out) -> None:
@@ -88,6 +92,8 @@ class DINOLoss(torch.nn.Module):
                 if x.dim() != 2 or x.shape[-1] != self.output_dim:
                     raise ValueError(f"{name}[{i}] must have shape (batch, {self.output_dim}), "
                                      f"got {tuple(x.shape)}")
+        check_devices("DINOLoss", named_list("teacher_out", teacher_out)
+                      + named_list("student_out", student_out), error=ValueError)
         if len(teacher_out) * len(student_out) - min(len(teacher_out), len(student_out)) == 0:
             raise ValueError(
                 "DINOLoss requires at least two views in total (the diagonal matching the same "
@@ -116,13 +122,19 @@ class DINOLoss(torch.nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_out: List[torch.Tensor]) -> None:
-        """center <- m center + (1 - m) mean over every teacher row (all ranks)."""
+        """center <- m center + (1 - m) mean over every teacher row (all ranks).
+
+        As in lightly (`center = center * m + batch_center * (1 - m)` promotes), a float64
+        teacher turns the center buffer into float64 for good; other dtypes keep it float32."""
         rows = sum(t.shape[0] for t in teacher_out)
         acc = torch.promote_types(teacher_out[0].dtype, torch.float32)  # float64 stays float64
         batch_center = sum(t.detach().sum(dim=0, dtype=acc) for t in teacher_out) / rows
         if is_distributed():
             dist.all_reduce(batch_center)
             batch_center /= dist.get_world_size()
+        promoted = torch.promote_types(self.center.dtype, batch_center.dtype)
+        if promoted != self.center.dtype:
+            self.center = self.center.to(promoted)
         self.center.mul_(self.center_momentum).add_(
             batch_center.reshape(self.center.shape).to(self.center.dtype),
             alpha=1 - self.center_momentum)

@@ -7,10 +7,12 @@ import math
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..distributed import all_gather_with_grad, check_gather_available, is_distributed
-from ..ops.info_nce import check_pair, check_temperature, logsumexp_logits
+from ..ops._common import check_devices
+from ..ops.info_nce import check_chunk_rows, check_pair, check_temperature, logsumexp_logits
 
 
 class InfoNCELoss(torch.nn.Module):
@@ -49,7 +51,7 @@ class InfoNCELoss(torch.nn.Module):
         self.scale_loss_by_temperature = scale_loss_by_temperature
         self.max_logit_scale = max_logit_scale
         self.gather_distributed = gather_distributed
-        self.chunk_rows = chunk_rows
+        self.chunk_rows = check_chunk_rows(chunk_rows)
         if learnable_temperature:
             self.log_logit_scale = torch.nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
         else:
@@ -64,6 +66,8 @@ class InfoNCELoss(torch.nn.Module):
                 negatives: Optional[torch.Tensor] = None) -> torch.Tensor:
         check_pair(query, key, "query", "key")
         if negatives is not None:
+            check_devices("InfoNCELoss", (("query", query), ("negatives", negatives)),
+                          error=ValueError)
             if negatives.dim() != 2 or negatives.shape[1] != query.shape[1]:
                 raise ValueError(f"negatives must be (num_negatives, {query.shape[1]}), got "
                                  f"{tuple(negatives.shape)}")
@@ -86,29 +90,40 @@ class InfoNCELoss(torch.nn.Module):
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32
         positive = op_scale * (q.to(acc) * k.to(acc)).sum(1)
 
+        # Each row's loss is log(1 + sum_neg exp(l_neg - l_pos)) = softplus(LSE_neg - l_pos): the
+        # positive is left out of the log-sum-exps (positive_column), since LSE(all) - l_pos
+        # would cancel to nothing when the positive dominates (low temperature, confident pairs).
         distributed = self.gather_distributed and is_distributed()
         if self.in_batch_negatives:
+            n = q.shape[0]
+            own = torch.arange(n, device=q.device)
+            if distributed:
+                own = own + dist.get_rank() * n
             keys = all_gather_with_grad(k) if distributed else k
             if self.symmetric and not distributed:
                 lse_rows, lse_cols = logsumexp_logits(q, k, op_scale, with_columns=True,
-                                                      chunk_rows=self.chunk_rows)
-                loss = 0.5 * ((lse_rows - positive).mean() + (lse_cols - positive).mean())
+                                                      chunk_rows=self.chunk_rows,
+                                                      positive_column=own)
+                loss = 0.5 * (F.softplus(lse_rows - positive).mean()
+                              + F.softplus(lse_cols - positive).mean())
                 return self._finish(loss, scale)
-            lse, _ = logsumexp_logits(q, keys, op_scale, chunk_rows=self.chunk_rows)
+            lse, _ = logsumexp_logits(q, keys, op_scale, chunk_rows=self.chunk_rows,
+                                      positive_column=own)
             if negatives is not None:
                 lse_neg, _ = logsumexp_logits(q, negatives, op_scale,
                                               chunk_rows=self.chunk_rows)
                 lse = torch.logaddexp(lse, lse_neg)
-            loss = (lse - positive).mean()
+            loss = F.softplus(lse - positive).mean()
             if self.symmetric:  # distributed: columns are local keys against all queries
                 queries = all_gather_with_grad(q)
-                lse_k, _ = logsumexp_logits(k, queries, op_scale, chunk_rows=self.chunk_rows)
-                loss = 0.5 * (loss + (lse_k - positive).mean())
+                lse_k, _ = logsumexp_logits(k, queries, op_scale, chunk_rows=self.chunk_rows,
+                                            positive_column=own)
+                loss = 0.5 * (loss + F.softplus(lse_k - positive).mean())
             return self._finish(loss, scale)
 
         lse_neg, _ = logsumexp_logits(q, negatives, op_scale,
                                       chunk_rows=self.chunk_rows)
-        loss = (torch.logaddexp(lse_neg, positive) - positive).mean()
+        loss = F.softplus(lse_neg - positive).mean()
         return self._finish(loss, scale)
 
     def _finish(self, loss: torch.Tensor, scale) -> torch.Tensor:

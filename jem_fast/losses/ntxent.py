@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..distributed import all_gather_with_grad, check_gather_available, is_distributed
 from ..nn.memory_bank import MemoryBank
-from ..ops.info_nce import (check_pair, check_temperature, logsumexp_logits,
+from ..ops.info_nce import (check_chunk_rows, check_pair, check_temperature, logsumexp_logits,
                              logsumexp_self_logits)
 
 
@@ -39,7 +39,7 @@ class NTXentLoss(torch.nn.Module):
         check_gather_available(gather_distributed)
         self.memory_bank = MemoryBank(size=memory_bank_size, gather_distributed=gather_distributed)
         self.gather_distributed = gather_distributed
-        self.chunk_rows = chunk_rows
+        self.chunk_rows = check_chunk_rows(chunk_rows)
 
     def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
         check_pair(out0, out1, "out0", "out1")
@@ -49,11 +49,14 @@ class NTXentLoss(torch.nn.Module):
         acc = torch.float64 if out0.dtype == torch.float64 else torch.float32
         positive = scale * (out0.to(acc) * out1.to(acc)).sum(1)
 
+        # Each row's loss is log(1 + sum_neg exp(l_neg - l_pos)) = softplus(LSE_neg - l_pos),
+        # with the positive left out of the log-sum-exp: LSE(all) - l_pos would cancel to
+        # nothing when the positive dominates (low temperature, confident positives).
         negatives = self.memory_bank.negatives(out1)
         if negatives is not None:
             lse_bank, _ = logsumexp_logits(out0, negatives.to(out0), scale,
                                            chunk_rows=self.chunk_rows)
-            loss = (torch.logaddexp(lse_bank, positive) - positive).mean()
+            loss = F.softplus(lse_bank - positive).mean()
             if out0.requires_grad:
                 self.memory_bank.enqueue(out1)
             return loss
@@ -61,12 +64,14 @@ class NTXentLoss(torch.nn.Module):
         n = out0.shape[0]
         if not (self.gather_distributed and is_distributed()):
             # Keys are the queries: the symmetric op forms only half of the logit tiles.
-            lse = logsumexp_self_logits(torch.cat([out0, out1]), scale, self.chunk_rows)
-            return (lse - positive.repeat(2)).mean()
+            lse_neg = logsumexp_self_logits(torch.cat([out0, out1]), scale, self.chunk_rows,
+                                            pair_offset=n)
+            return F.softplus(lse_neg - positive.repeat(2)).mean()
         rank, world = dist.get_rank(), dist.get_world_size()
         keys = torch.cat([all_gather_with_grad(out0), all_gather_with_grad(out1)])
         own = torch.arange(n, device=out0.device) + rank * n
         self_column = torch.cat([own, own + n * world])
-        lse, _ = logsumexp_logits(torch.cat([out0, out1]), keys, scale, self_column,
-                                  chunk_rows=self.chunk_rows)
-        return (lse - positive.repeat(2)).mean()
+        positive_column = torch.cat([own + n * world, own])
+        lse_neg, _ = logsumexp_logits(torch.cat([out0, out1]), keys, scale, self_column,
+                                      chunk_rows=self.chunk_rows, positive_column=positive_column)
+        return F.softplus(lse_neg - positive.repeat(2)).mean()

@@ -7,6 +7,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from ..distributed import check_gather_available
+from ..ops._common import check_devices, named_list
 from ..ops.multiview_cross_entropy import multiview_cross_entropy
 from ..ops.sinkhorn_knopp import sinkhorn_knopp
 
@@ -76,6 +77,9 @@ class SwaVLoss(torch.nn.Module):
         if queue_outputs is not None and len(queue_outputs) != len(high):
             raise ValueError("queue_outputs must hold one tensor per high-resolution crop, got "
                              f"{len(queue_outputs)} for {len(high)} crops")
+        check_devices("SwaVLoss", named_list("high_resolution_outputs", high)
+                      + named_list("low_resolution_outputs", low)
+                      + named_list("queue_outputs", queue_outputs or []), error=ValueError)
         codes = self.codes(high, queue_outputs)
         loss = multiview_cross_entropy(codes, high + low, self.temperature, self.check_finite)
         return loss.reshape(1)

@@ -58,8 +58,18 @@ class MemoryBank(torch.nn.Module):
     def enqueue(self, keys: torch.Tensor) -> None:
         if not self.enabled:
             return
+        if not isinstance(keys, torch.Tensor):
+            raise TypeError(f"keys must be a torch.Tensor, got {type(keys).__name__}")
+        if keys.dim() != 2:
+            raise ValueError(f"keys must be 2-D (batch, dim), got shape {tuple(keys.shape)}")
+        if not keys.is_floating_point():
+            raise TypeError(f"keys must be a floating-point tensor, got {keys.dtype}")
         if self.bank.numel() == 0:
             self._init(keys.shape[1], keys.device)
+        if keys.shape[1] != self.bank.shape[1]:
+            raise ValueError(f"keys must have the memory bank's width {self.bank.shape[1]} "
+                             f"(num_keys, dim) = {tuple(self.bank.shape)}, got keys of shape "
+                             f"{tuple(keys.shape)}")
         keys = keys.detach()
         if self.gather_distributed and is_distributed():
             gathered = [torch.empty_like(keys) for _ in range(dist.get_world_size())]

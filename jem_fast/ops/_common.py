@@ -30,3 +30,77 @@ def shape_2d(z: torch.Tensor, name: str):
     if z.dim() != 2:
         raise ValueError(f"{name} must be 2-D (batch, dim), got shape {tuple(z.shape)}")
     return z.shape[0], z.shape[1]
+
+
+def check_devices(op: str, named, error=RuntimeError) -> None:
+    """Raise `error` (RuntimeError in the ops, like their C++ checks; ValueError in the losses,
+    like their other argument checks) naming two arguments on different devices.
+
+    named: (name, tensor or None) pairs; the first tensor is the reference. Checked in the op
+    wrappers before dispatch and in the fake kernels: with one input on the meta device the
+    dispatcher runs the fake kernel, which would otherwise return uninitialized memory shaped
+    like the other input."""
+    ref_name, ref = None, None
+    for name, t in named:
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if ref is None:
+            ref_name, ref = name, t
+        elif t.device != ref.device:
+            raise error(f"{op}: {ref_name} and {name} must be on the same device, got "
+                        f"{ref_name} on {ref.device} and {name} on {t.device}")
+
+
+def named_list(name: str, tensors):
+    """[(f'{name}[i]', t_i)] for check_devices."""
+    return [(f"{name}[{i}]", t) for i, t in enumerate(tensors)]
+
+
+DOUBLE_BACKWARD_HINT = (
+    "its gradient comes from a fused backward kernel that is not itself differentiable. A "
+    "backward with create_graph=True still gives the correct first-order gradient; this error "
+    "is raised only when something is differentiated through that gradient (a gradient penalty, "
+    "Hessian-vector products, MAML-style meta-learning). For those, compute the loss with the "
+    "plain-PyTorch formulas of jem_fast.reference (or lightly's loss), which support double "
+    "backward.")
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity on first-order gradients, whose own backward raises.
+
+    Applied by the registered backward formulas when they run with grad mode on (a backward with
+    create_graph=True). Its inputs include the op's differentiable inputs (or a saved output that
+    depends on them), so the returned gradients are connected to the graph of those inputs: any
+    double backward through them, by .backward() or by torch.autograd.grad(..., inputs), reaches
+    this node and raises, instead of silently dropping the second-order term."""
+
+    @staticmethod
+    def forward(ctx, message, num_grads, *tensors):
+        ctx.message = message
+        return tuple(tensors[:num_grads])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(ctx.message)
+
+
+def guard_double_backward(what: str, grads, anchors):
+    """`grads` (tensors or None, as returned by a backward formula) unchanged in a plain backward.
+    With grad mode on (backward with create_graph=True) they are passed through _NoDoubleBackward,
+    connected to `anchors` (the saved inputs or outputs that depend on the op's inputs), so that a
+    double backward raises an error naming `what` (the loss and op)."""
+    if not torch.is_grad_enabled():
+        return grads
+    anchors = [a for a in anchors if isinstance(a, torch.Tensor) and a.requires_grad]
+    present = [i for i, g in enumerate(grads) if g is not None]
+    if not anchors or not present:
+        return grads
+    message = f"{what}: double backward is not supported: {DOUBLE_BACKWARD_HINT}"
+    wrapped = _NoDoubleBackward.apply(message, len(present), *(grads[i] for i in present),
+                                      *anchors)
+    out = list(grads)
+    for i, g in zip(present, wrapped):
+        out[i] = g
+    return tuple(out)

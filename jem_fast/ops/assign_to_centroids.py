@@ -17,7 +17,7 @@ from typing import Tuple
 import torch
 
 from .._extension import require_extension
-from ._common import acc_dtype
+from ._common import acc_dtype, check_devices
 
 require_extension()
 
@@ -54,5 +54,6 @@ def assign_to_centroids(features: torch.Tensor,
     for t, name in ((features, "features"), (centroids, "centroids")):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_devices("assign_to_centroids", (("features", features), ("centroids", centroids)))
     with torch.no_grad():
         return torch.ops.jem_fast.assign_to_centroids(features, centroids)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from .._extension import require_extension
-from ._common import acc_dtype, compute_dtype, shape_2d
+from ._common import acc_dtype, check_devices, compute_dtype, guard_double_backward, shape_2d
 from .vicreg import resolve_route
 
 require_extension()
@@ -35,6 +35,7 @@ def barlow_twins_gram_if(n: int, d: int) -> bool:
 
 @torch.library.register_fake("jem_fast::barlow_twins_forward")
 def _barlow_twins_forward_fake(z_a, z_b, gram_route, check_finite):
+    check_devices("barlow_twins_forward", (("z_a", z_a), ("z_b", z_b)))
     n, d = z_a.shape
     acc = acc_dtype(z_a.dtype)
     gram_shape = (2, n, n) if gram_route else (1, d, d)
@@ -46,6 +47,8 @@ def _barlow_twins_forward_fake(z_a, z_b, gram_route, check_finite):
 
 @torch.library.register_fake("jem_fast::barlow_twins_backward")
 def _barlow_twins_backward_fake(grad_terms, normalized, gram, colstats, gram_route):
+    check_devices("barlow_twins_backward", (("normalized", normalized), ("grad_terms", grad_terms),
+                                            ("gram", gram), ("colstats", colstats)))
     return torch.empty_like(normalized[0]), torch.empty_like(normalized[1])
 
 
@@ -57,16 +60,24 @@ def _setup_context(ctx, inputs, output):
     ctx.dtypes = (z_a.dtype, z_b.dtype)
     # The saved outputs get no gradient: don't let autograd allocate zero tensors for them.
     ctx.set_materialize_grads(False)
-    ctx.mark_non_differentiable(normalized, gram, colstats)
+    # `normalized` stays differentiable (it never receives a gradient) so that a double backward
+    # reaches z_a and z_b through it and raises (see vicreg.py, guard_double_backward).
+    ctx.mark_non_differentiable(gram, colstats)
+
+
+_WHAT = "BarlowTwinsLoss (jem_fast.ops.barlow_twins_terms, op jem_fast::barlow_twins_forward)"
 
 
 def _backward(ctx, grad_terms, *unused):
     if grad_terms is None:
         return None, None, None, None
     normalized, gram, colstats = ctx.saved_tensors
-    grad_a, grad_b = torch.ops.jem_fast.barlow_twins_backward(grad_terms, normalized, gram,
-                                                              colstats, ctx.gram_route)
-    return grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1]), None, None
+    with torch.no_grad():
+        grad_a, grad_b = torch.ops.jem_fast.barlow_twins_backward(grad_terms, normalized, gram,
+                                                                  colstats, ctx.gram_route)
+        grads = (grad_a.to(ctx.dtypes[0]), grad_b.to(ctx.dtypes[1]))
+    grad_a, grad_b = guard_double_backward(_WHAT, grads, (normalized, grad_terms))
+    return grad_a, grad_b, None, None
 
 
 torch.library.register_autograd("jem_fast::barlow_twins_forward", _backward,
@@ -82,5 +93,6 @@ def barlow_twins_terms(z_a: torch.Tensor, z_b: torch.Tensor, route: str = "auto"
     check_finite: raise if an input holds NaN/Inf (costs one device sync on CUDA).
     """
     n, d = shape_2d(z_a, "z_a")
+    check_devices("barlow_twins_terms", (("z_a", z_a), ("z_b", z_b)))
     gram_route = resolve_route(route, n, d, barlow_twins_gram_if)
     return torch.ops.jem_fast.barlow_twins_forward(z_a, z_b, gram_route, bool(check_finite))[0]

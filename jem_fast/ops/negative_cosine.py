@@ -17,19 +17,22 @@ from __future__ import annotations
 import torch
 
 from .._extension import require_extension
-from ._common import acc_dtype
+from ._common import acc_dtype, check_devices, guard_double_backward
 
 require_extension()
 
 
 @torch.library.register_fake("jem_fast::cosine_similarity_rows")
 def _cosine_rows_fake(x0, x1, eps):
+    check_devices("cosine_similarity_rows", (("x0", x0), ("x1", x1)))
     acc = acc_dtype(x0.dtype)
     return x0.new_empty((x0.shape[0],), dtype=acc), x0.new_empty((2, x0.shape[0]), dtype=acc)
 
 
 @torch.library.register_fake("jem_fast::cosine_similarity_rows_backward")
 def _cosine_rows_backward_fake(grad_cos, x0, x1, cos, norms, eps, need_grad_x0, need_grad_x1):
+    check_devices("cosine_similarity_rows_backward",
+                  (("x0", x0), ("x1", x1), ("grad_cos", grad_cos), ("cos", cos), ("norms", norms)))
     g0 = torch.empty_like(x0, memory_format=torch.contiguous_format) if need_grad_x0 else x0.new_empty((0,))
     g1 = torch.empty_like(x1, memory_format=torch.contiguous_format) if need_grad_x1 else x1.new_empty((0,))
     return g0, g1
@@ -49,9 +52,16 @@ def _backward(ctx, grad_cos, _grad_norms):
     need0, need1 = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if grad_cos is None or not (need0 or need1):
         return None, None, None
-    g0, g1 = torch.ops.jem_fast.cosine_similarity_rows_backward(
-        grad_cos, x0, x1, cos, norms, ctx.eps, need0, need1)
-    return (g0 if need0 else None), (g1 if need1 else None), None
+    with torch.no_grad():
+        g0, g1 = torch.ops.jem_fast.cosine_similarity_rows_backward(
+            grad_cos, x0, x1, cos, norms, ctx.eps, need0, need1)
+    g0, g1 = guard_double_backward(_WHAT, ((g0 if need0 else None), (g1 if need1 else None)),
+                                   (x0, x1, grad_cos))
+    return g0, g1, None
+
+
+_WHAT = ("NegativeCosineSimilarity / symmetric_negative_cosine "
+         "(jem_fast.ops.cosine_similarity_rows, op jem_fast::cosine_similarity_rows)")
 
 
 torch.library.register_autograd("jem_fast::cosine_similarity_rows", _backward,
@@ -62,4 +72,5 @@ def cosine_similarity_rows(x0: torch.Tensor, x1: torch.Tensor, eps: float = 1e-8
     """cos (N,) of the rows of x0, x1 (N, D), float32 (float64 for float64 inputs) whatever the
     input dtype. Differentiable w.r.t. x0 and x1 (a detached x1, BYOL's target, costs no
     gradient pass for it)."""
+    check_devices("cosine_similarity_rows", (("x0", x0), ("x1", x1)))
     return torch.ops.jem_fast.cosine_similarity_rows(x0, x1, float(eps))[0]

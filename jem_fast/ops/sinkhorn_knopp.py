@@ -10,8 +10,8 @@ scores of magnitude 10 is fine), and Q is written once at the end.
 
 With gather_distributed=True (and torch.distributed initialized with more than one rank) the
 prototype step sums over the global batch: each rank's per-column (max, sum) statistics are
-all-gathered (one collective of 2 x K floats per rank per iteration) and merged exactly, so the
-result equals the single-process one on the concatenated batch.
+all-gathered (one collective of 2 x K float64 values per rank per iteration) and merged exactly,
+so the result equals the single-process one on the concatenated batch.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from .._extension import require_extension
 from ..distributed import is_distributed
-from ._common import acc_dtype
+from ._common import acc_dtype, check_devices
 
 require_extension()
 
@@ -34,16 +34,20 @@ def _sinkhorn_knopp_fake(scores, epsilon, iterations, check_finite):
 
 @torch.library.register_fake("jem_fast::sinkhorn_column_stats")
 def _column_stats_fake(scores, scale, row_potential):
-    return scores.new_empty((2, scores.shape[1]), dtype=acc_dtype(scores.dtype))
+    check_devices("sinkhorn_column_stats", (("scores", scores), ("row_potential", row_potential)))
+    return scores.new_empty((2, scores.shape[1]), dtype=torch.float64)  # float64 statistics
 
 
 @torch.library.register_fake("jem_fast::sinkhorn_row_potential")
 def _row_potential_fake(scores, scale, col_potential, log_rows):
-    return scores.new_empty((scores.shape[0],), dtype=acc_dtype(scores.dtype))
+    check_devices("sinkhorn_row_potential", (("scores", scores), ("col_potential", col_potential)))
+    return scores.new_empty((scores.shape[0],), dtype=torch.float64)  # float64 potentials
 
 
 @torch.library.register_fake("jem_fast::sinkhorn_plan")
 def _plan_fake(scores, scale, row_potential, col_potential, rows):
+    check_devices("sinkhorn_plan", (("scores", scores), ("row_potential", row_potential),
+                                    ("col_potential", col_potential)))
     return scores.new_empty(scores.shape, dtype=acc_dtype(scores.dtype))
 
 
@@ -56,7 +60,7 @@ def _check(scores: torch.Tensor, epsilon: float, iterations: int) -> None:
         raise ValueError(f"scores must be non-empty, got shape {tuple(scores.shape)}")
     if not scores.is_floating_point():
         raise TypeError(f"scores must be a floating-point tensor, got {scores.dtype}")
-    if not (math.isfinite(epsilon) and epsilon > 0):
+    if not (epsilon > 0 and epsilon < math.inf):
         raise ValueError(f"epsilon must be a finite number > 0, got {epsilon}")
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
@@ -103,8 +107,9 @@ def _sinkhorn_distributed(scores: torch.Tensor, epsilon: float, iterations: int,
         ok = torch.stack([torch.isfinite(f).all(), torch.isfinite(g).all()]).all().to(torch.int32)
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         if not bool(ok.item()):
-            raise ValueError("sinkhorn_knopp: scores contain NaN or +-Inf on some rank (or a row "
-                             "or column with every score at -inf)")
+            raise ValueError("sinkhorn_knopp: scores contain NaN or +Inf on some rank, or a row "
+                             "or column with every score at -inf (a -inf score elsewhere is "
+                             "allowed: an impossible assignment, 0 in the plan)")
     del world
     return ops.sinkhorn_plan(scores, scale, f, g, float(B_global))
 
@@ -115,8 +120,15 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     (exactly after the last prototype step, up to the final sample step).
 
     scores: (B, K) similarities of normalized features and prototypes, float32/float64/float16/
-    bfloat16; the math is float32 (float64 for float64 scores) and so is the result. Runs without
-    gradient. check_finite raises on NaN/Inf scores (one device synchronization).
+    bfloat16; the result is float32 (float64 for float64 scores). The potentials are float64 and
+    the exponents extended precision, so float32 codes match the float64 computation to float32
+    rounding whatever |scores| / epsilon, and every row sums to 1 to float32 rounding. Runs
+    without gradient.
+
+    Non-finite scores: a -inf score is an impossible assignment and is allowed (its entry of Q is
+    0) as long as every row and every column keeps a finite score. check_finite (one device
+    synchronization) raises on NaN or +inf scores and on a row or column whose scores are all
+    -inf; with check_finite=False these give NaN codes.
     """
     epsilon = float(epsilon)
     iterations = int(iterations)
