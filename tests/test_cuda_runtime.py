@@ -137,3 +137,13 @@ def test_fp16_inputs_with_fp16_accumulation_allowed(fp16_accumulation):
     want_index = (torch.nn.functional.normalize(q.detach().double(), dim=1)
                   @ torch.nn.functional.normalize(k.double(), dim=1).t()).argmax(1)
     assert (index == want_index).float().mean() > 0.95  # fp16 ties aside
+
+
+def test_backward_ops_reject_a_cpu_tensor_among_cuda_ones():
+    # Review item: the public *_backward ops did not check devices, so a CPU tensor would reach
+    # a CUDA kernel as a host pointer.
+    z_a, z_b = make_pair(16, 24, dtype=torch.float32, device="cuda")
+    terms, centered, gram, colstats = torch.ops.jem_fast.vicreg_forward(
+        z_a.detach(), z_b.detach(), 1e-4, False, True)
+    with pytest.raises(RuntimeError, match="grad_terms must be on the same device"):
+        torch.ops.jem_fast.vicreg_backward(torch.ones(3), centered, gram, colstats, False)

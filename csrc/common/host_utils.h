@@ -7,6 +7,8 @@
 
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/kernel_dtype.h"
 
@@ -56,6 +58,24 @@ inline bool capturing_cuda_graph(const at::Tensor& t) {
   (void)t;
   return false;
 #endif
+}
+
+// Every defined tensor of `named` must be on the device of the first defined one. The public
+// *_backward ops take saved tensors and incoming gradients separately: a CPU tensor among CUDA
+// ones would otherwise reach a CUDA kernel as a host pointer.
+inline void check_same_device(const char* op,
+                              const std::vector<std::pair<const char*, at::Tensor>>& named) {
+  const std::pair<const char*, at::Tensor>* first = nullptr;
+  for (const auto& item : named) {
+    if (!item.second.defined()) continue;
+    if (first == nullptr) {
+      first = &item;
+      continue;
+    }
+    TORCH_CHECK(item.second.device() == first->second.device(), op, ": ", item.first,
+                " must be on the same device as ", first->first, " (", first->second.device(),
+                "), got ", item.second.device());
+  }
 }
 
 // Checks shared by every loss taking two (N, D) embedding batches.

@@ -110,6 +110,9 @@ std::tuple<at::Tensor, at::Tensor> barlow_twins_backward(const at::Tensor& grad_
                                                          const at::Tensor& gram,
                                                          const at::Tensor& colstats,
                                                          bool gram_route) {
+  check_same_device("barlow_twins_backward",
+                    {{"normalized", normalized}, {"grad_terms", grad_terms_in}, {"gram", gram},
+                     {"colstats", colstats}});
   TORCH_CHECK(normalized.dim() == 3 && normalized.size(0) == 2, kLoss,
               ": backward expects normalized of shape (2, N, D), got ", normalized.sizes());
   const int64_t N = normalized.size(1), D = normalized.size(2);

@@ -206,6 +206,11 @@ std::tuple<at::Tensor, at::Tensor> info_nce_lse_backward(
     const at::Tensor& col_lse, double scale, const std::optional<at::Tensor>& self_column,
     bool with_columns, bool need_grad_k, int64_t chunk_rows,
     const std::optional<at::Tensor>& positive_column) {
+  check_same_device("info_nce_lse_backward",
+                    {{"q", q_in}, {"k", k_in}, {"grad_row", grad_row_in},
+                     {"grad_col", grad_col_in.value_or(at::Tensor())}, {"row_lse", row_lse},
+                     {"col_lse", col_lse}, {"self_column", self_column.value_or(at::Tensor())},
+                     {"positive_column", positive_column.value_or(at::Tensor())}});
   const DeviceScope scope(q_in, kOp);
 #ifdef WITH_CUDA
   cudaStream_t stream = q_in.is_cuda() ? at::cuda::getCurrentCUDAStream().stream() : nullptr;
@@ -421,6 +426,7 @@ at::Tensor info_nce_self_lse_backward(const at::Tensor& grad_in, const at::Tenso
                                       const at::Tensor& lse_in, double scale, int64_t tile_rows,
                                       int64_t pair_offset) {
   check_self_inputs(z_in, scale, pair_offset);
+  check_same_device("info_nce_self_lse_backward", {{"z", z_in}, {"grad", grad_in}, {"lse", lse_in}});
   const DeviceScope scope(z_in, "info_nce_self_lse");
   const at::Tensor z = as_operand(z_in);
   const auto lt = logit_type(z);

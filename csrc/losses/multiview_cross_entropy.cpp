@@ -155,6 +155,9 @@ std::vector<at::Tensor> multiview_cross_entropy_backward(const at::Tensor& grad_
   const std::vector<at::Tensor> targets_v(targets_in.begin(), targets_in.end());
   const std::vector<at::Tensor> logits_v(logits_in.begin(), logits_in.end());
   const Problem p = check_inputs(targets_v, logits_v, scale);
+  check_same_device("multiview_cross_entropy_backward",
+                    {{"logits[0]", logits_v[0]}, {"grad_loss", grad_loss}, {"lse", lse},
+                     {"mass", mass}});
   TORCH_CHECK(grad_loss.numel() == 1, kOp, ": grad_loss must hold one element, got shape ",
               grad_loss.sizes());
   TORCH_CHECK(lse.sizes() == at::IntArrayRef({p.views, p.rows}) &&

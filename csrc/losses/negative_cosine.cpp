@@ -81,6 +81,8 @@ std::tuple<at::Tensor, at::Tensor> cosine_similarity_rows_backward(
     const at::Tensor& cos_in, const at::Tensor& norms_in, double eps, bool need_grad_x0,
     bool need_grad_x1) {
   check_inputs(x0_in, x1_in, eps);
+  check_same_device("cosine_similarity_rows_backward",
+                    {{"x0", x0_in}, {"grad_cos", grad_in}, {"cos", cos_in}, {"norms", norms_in}});
   const int64_t N = x0_in.size(0), D = x0_in.size(1);
   TORCH_CHECK(grad_in.numel() == N && cos_in.numel() == N && norms_in.numel() == 2 * N, kOp,
               "_backward: grad and cos must have one entry per row and norms two, got ",

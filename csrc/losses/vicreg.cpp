@@ -193,6 +193,8 @@ std::tuple<at::Tensor, at::Tensor> vicreg_backward(const at::Tensor& grad_terms_
                                                    const at::Tensor& gram,
                                                    const at::Tensor& colstats,
                                                    bool gram_route) {
+  check_same_device("vicreg_backward", {{"centered", centered}, {"grad_terms", grad_terms_in},
+                                        {"gram", gram}, {"colstats", colstats}});
   TORCH_CHECK(centered.dim() == 3 && centered.size(0) == 2, kLoss,
               ": backward expects centered of shape (2, N, D), got ", centered.sizes());
   const int64_t N = centered.size(1), D = centered.size(2);
