@@ -27,15 +27,10 @@ using cuda::merge_lse;
 
 constexpr int kColumnThreads = 256;
 constexpr int kRowThreads = 256;
-// Enough column-step blocks to fill an H100/H200 (132 SMs) a few times over.
-constexpr int64_t kTargetBlocks = 132 * 4;
 constexpr int64_t kMinRowsPerSlice = 16;
 
 int64_t row_slices(int64_t B, int64_t K) {
-  const int64_t column_blocks = ceil_div(K, kColumnThreads);
-  int64_t slices = ceil_div(kTargetBlocks, column_blocks);
-  slices = std::min<int64_t>(slices, ceil_div(B, kMinRowsPerSlice));
-  return std::max<int64_t>(1, std::min<int64_t>(slices, 65535));
+  return cuda::row_slices(B, ceil_div(K, kColumnThreads), kMinRowsPerSlice);
 }
 
 // An extended-precision value hi + lo of the accumulation type: for float a float-float pair,

@@ -147,5 +147,14 @@ void dispatch_acc(bool is_double, F&& f) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Row slices for a column reduction split across grid.y: enough blocks to fill an H100/H200
+// (132 SMs) a few times over, at least `min_rows_per_slice` rows per slice, at most 65535.
+inline int64_t row_slices(int64_t rows, int64_t column_blocks, int64_t min_rows_per_slice) {
+  constexpr int64_t kTargetBlocks = 132 * 4;
+  int64_t slices = ceil_div(kTargetBlocks, column_blocks);
+  slices = std::min<int64_t>(slices, ceil_div(rows, min_rows_per_slice));
+  return std::max<int64_t>(1, std::min<int64_t>(slices, 65535));
+}
+
 }  // namespace cuda
 }  // namespace jem_fast

@@ -22,14 +22,10 @@ constexpr int kThreads = 256;
 // 64 x 8 = 512 blocks (every SM of an H100/H200 busy a few times over) instead of 8.
 constexpr int kColTileCols = 32;
 constexpr int kColTileRows = 8;
-constexpr int64_t kColTargetBlocks = 132 * 4;
 constexpr int64_t kColMinRowsPerSlice = 64;
 
 int64_t col_lse_slices(int64_t rows, int64_t M) {
-  const int64_t column_blocks = ceil_div(M, kColTileCols);
-  int64_t slices = ceil_div(kColTargetBlocks, column_blocks);
-  slices = std::min<int64_t>(slices, ceil_div(rows, kColMinRowsPerSlice));
-  return std::max<int64_t>(1, std::min<int64_t>(slices, 65535));
+  return cuda::row_slices(rows, ceil_div(M, kColTileCols), kColMinRowsPerSlice);
 }
 
 template <typename T>
