@@ -38,9 +38,15 @@ def errors(result, truth):
     return value, column, median
 
 
-def check(mine, baseline, truth, what):
-    got, ref = errors(mine, truth), errors(baseline, truth)
-    for name, e, r in zip(("value", "gradient (worst column)", "gradient (median)"), got, ref):
+ERROR_NAMES = ("value", "gradient (worst column)", "gradient (median)")
+
+
+def check(mine, baseline, truth, what, measure=None, names=ERROR_NAMES):
+    """Asserts the rule: each error of `mine` against `truth` (as `measure` computes them,
+    default `errors`) is at most FACTOR x the baseline's, or FLOOR."""
+    measure = measure or errors
+    got, ref = measure(mine, truth), measure(baseline, truth)
+    for name, e, r in zip(names, got, ref):
         assert e <= max(FACTOR * r, FLOOR), (
             f"{what}: float32 {name} error {e:.3g} > {FACTOR:g} x the baseline's {r:.3g} "
             f"(floor {FLOOR:.2g}); all errors {got}, baseline {ref}")

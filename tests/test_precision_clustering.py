@@ -40,9 +40,8 @@ except ImportError:  # pragma: no cover - depends on the environment
     lightly_loss = None
     lightly_sinkhorn = None
 
-U = 2.0 ** -24          # float32 unit roundoff
-FLOOR = 4 * U           # "a few ulps" of the quantity's own scale (the errors are relative)
-FACTOR = 4.0
+from precision_utils import FACTOR, FLOOR, U  # noqa: E402,F401  (one rule for every family)
+from precision_utils import check as _check_rule  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -87,12 +86,8 @@ def errors(result, truth):
 
 def check(mine, baseline, truth, what):
     """Asserts the rule for (value, gradients) results; shared with the emulated CUDA tests."""
-    got, ref = errors(mine, truth), errors(baseline, truth)
-    for name, e, r in zip(("value", "gradient (worst row)", "gradient (median)"), got, ref):
-        assert e <= max(FACTOR * r, FLOOR), (
-            f"{what}: float32 {name} error {e:.3g} > {FACTOR:g} x the baseline's {r:.3g} "
-            f"(floor {FLOOR:.2g}); all errors {got}, baseline {ref}")
-    return got
+    return _check_rule(mine, baseline, truth, what, measure=errors,
+                       names=("value", "gradient (worst row)", "gradient (median)"))
 
 
 # ---------------------------------------------------------------------------- DINO

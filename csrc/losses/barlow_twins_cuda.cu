@@ -29,8 +29,6 @@ barlow_twins_finalize_columns_kernel(const double* __restrict__ partials, int64_
                                      FinalizeBlockPartials block_partials) {
   __shared__ double shared[32];
   __shared__ int shared_flags;
-  if (threadIdx.x == 0) shared_flags = 0;
-  __syncthreads();
   const double n = static_cast<double>(N);
   double on_diag = 0.0, diagsq = 0.0;
   int local_flags = 0;
@@ -52,16 +50,8 @@ barlow_twins_finalize_columns_kernel(const double* __restrict__ partials, int64_
     colstats[kStat3A * D + d] = static_cast<A>(c);
     colstats[kStat3B * D + d] = static_cast<A>(c - 1.0);  // not 1 - rounded c: see the header
   }
-  if (local_flags) atomicOr(&shared_flags, local_flags);
-  on_diag = cuda::block_reduce_sum<double>(on_diag, shared);
-  diagsq = cuda::block_reduce_sum<double>(diagsq, shared);
-  if (threadIdx.x == 0) {
-    double* out = block_partials.sums + static_cast<int64_t>(blockIdx.x) * kFinalizeSumsPerBlock;
-    out[0] = on_diag;
-    out[1] = diagsq;
-    out[2] = 0.0;
-    block_partials.flags[blockIdx.x] = shared_flags;
-  }
+  double sums[kFinalizeSumsPerBlock] = {on_diag, diagsq, 0.0};
+  store_finalize_block(block_partials, sums, local_flags, shared, &shared_flags);
 }
 
 template <typename A>
@@ -71,21 +61,12 @@ barlow_twins_finalize_terms_kernel(FinalizeBlockPartials block_partials, int num
                                    int* __restrict__ flags) {
   __shared__ double shared[32];
   __shared__ int shared_flags;
-  if (threadIdx.x == 0) shared_flags = 0;
-  __syncthreads();
-  double on_diag = 0.0, diagsq = 0.0;
-  int local_flags = 0;
-  for (int b = threadIdx.x; b < num_blocks; b += blockDim.x) {
-    const double* p = block_partials.sums + static_cast<int64_t>(b) * kFinalizeSumsPerBlock;
-    on_diag += p[0];
-    diagsq += p[1];
-    local_flags |= block_partials.flags[b];
-  }
-  if (local_flags) atomicOr(&shared_flags, local_flags);
-  on_diag = cuda::block_reduce_sum<double>(on_diag, shared);
-  diagsq = cuda::block_reduce_sum<double>(diagsq, shared);
+  double sums[kFinalizeSumsPerBlock];
+  const int block_flags = merge_finalize_blocks(block_partials, num_blocks, sums, shared,
+                                                &shared_flags);
+  const double on_diag = sums[0], diagsq = sums[1];
   if (threadIdx.x == 0) {
-    int f = shared_flags;
+    int f = block_flags;
     if (!isfinite(on_diag) && f == 0) f = kNonFiniteA | kNonFiniteB;
     *flags = f;
     terms[0] = static_cast<A>(on_diag);

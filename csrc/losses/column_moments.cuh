@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "common/cuda_utils.cuh"
 #include "losses/covariance_kernels.h"
 
 namespace jem_fast {
@@ -34,6 +35,45 @@ inline FinalizeBlockPartials finalize_block_partials(void* workspace, int num_bl
   double* sums = static_cast<double*>(workspace);
   return {sums, reinterpret_cast<int*>(sums + static_cast<int64_t>(num_blocks) *
                                                   kFinalizeSumsPerBlock)};
+}
+
+// First stage: the block's totals of every thread's column sums and NonFiniteFlag bits go to
+// block_partials[blockIdx.x]. Every thread of the block calls it (barriers inside).
+__device__ inline void store_finalize_block(FinalizeBlockPartials block_partials,
+                                            double (&sums)[kFinalizeSumsPerBlock], int flags,
+                                            double* shared, int* shared_flags) {
+  if (threadIdx.x == 0) *shared_flags = 0;
+  __syncthreads();
+  if (flags) atomicOr(shared_flags, flags);
+  for (int i = 0; i < kFinalizeSumsPerBlock; ++i) {
+    sums[i] = cuda::block_reduce_sum<double>(sums[i], shared);
+  }
+  if (threadIdx.x == 0) {
+    double* out = block_partials.sums + static_cast<int64_t>(blockIdx.x) * kFinalizeSumsPerBlock;
+    for (int i = 0; i < kFinalizeSumsPerBlock; ++i) out[i] = sums[i];
+    block_partials.flags[blockIdx.x] = *shared_flags;
+  }
+}
+
+// Second stage (one block): the sums over all blocks in a fixed order (deterministic), valid in
+// every thread; returns the OR of the blocks' flags. Every thread of the block calls it.
+__device__ inline int merge_finalize_blocks(FinalizeBlockPartials block_partials, int num_blocks,
+                                            double (&sums)[kFinalizeSumsPerBlock],
+                                            double* shared, int* shared_flags) {
+  if (threadIdx.x == 0) *shared_flags = 0;
+  __syncthreads();
+  int flags = 0;
+  for (int i = 0; i < kFinalizeSumsPerBlock; ++i) sums[i] = 0.0;
+  for (int b = threadIdx.x; b < num_blocks; b += blockDim.x) {
+    const double* p = block_partials.sums + static_cast<int64_t>(b) * kFinalizeSumsPerBlock;
+    for (int i = 0; i < kFinalizeSumsPerBlock; ++i) sums[i] += p[i];
+    flags |= block_partials.flags[b];
+  }
+  if (flags) atomicOr(shared_flags, flags);
+  for (int i = 0; i < kFinalizeSumsPerBlock; ++i) {
+    sums[i] = cuda::block_reduce_sum<double>(sums[i], shared);
+  }
+  return *shared_flags;  // written before the reductions' barriers
 }
 
 // s[m] = sum over the row splits of moment m of column d, in double (m < kSumDiffSq + 1);

@@ -22,8 +22,6 @@ vicreg_finalize_columns_kernel(const double* __restrict__ partials, int64_t num_
                                FinalizeBlockPartials block_partials) {
   __shared__ double shared[32];
   __shared__ int shared_flags;
-  if (threadIdx.x == 0) shared_flags = 0;
-  __syncthreads();
   const double n = static_cast<double>(N);
   double invariance = 0.0, hinge = 0.0, diagsq = 0.0;
   int local_flags = 0;
@@ -45,17 +43,8 @@ vicreg_finalize_columns_kernel(const double* __restrict__ partials, int64_t num_
     colstats[kStat3A * D + d] = static_cast<A>(std_a);
     colstats[kStat3B * D + d] = static_cast<A>(std_b);
   }
-  if (local_flags) atomicOr(&shared_flags, local_flags);
-  invariance = cuda::block_reduce_sum<double>(invariance, shared);
-  hinge = cuda::block_reduce_sum<double>(hinge, shared);
-  diagsq = cuda::block_reduce_sum<double>(diagsq, shared);
-  if (threadIdx.x == 0) {
-    double* out = block_partials.sums + static_cast<int64_t>(blockIdx.x) * kFinalizeSumsPerBlock;
-    out[0] = invariance;
-    out[1] = hinge;
-    out[2] = diagsq;
-    block_partials.flags[blockIdx.x] = shared_flags;
-  }
+  double sums[kFinalizeSumsPerBlock] = {invariance, hinge, diagsq};
+  store_finalize_block(block_partials, sums, local_flags, shared, &shared_flags);
 }
 
 template <typename A>
@@ -65,24 +54,13 @@ vicreg_finalize_terms_kernel(FinalizeBlockPartials block_partials, int num_block
                              int* __restrict__ flags) {
   __shared__ double shared[32];
   __shared__ int shared_flags;
-  if (threadIdx.x == 0) shared_flags = 0;
-  __syncthreads();
-  double invariance = 0.0, hinge = 0.0, diagsq = 0.0;
-  int local_flags = 0;
-  for (int b = threadIdx.x; b < num_blocks; b += blockDim.x) {
-    const double* p = block_partials.sums + static_cast<int64_t>(b) * kFinalizeSumsPerBlock;
-    invariance += p[0];
-    hinge += p[1];
-    diagsq += p[2];
-    local_flags |= block_partials.flags[b];
-  }
-  if (local_flags) atomicOr(&shared_flags, local_flags);
-  invariance = cuda::block_reduce_sum<double>(invariance, shared);
-  hinge = cuda::block_reduce_sum<double>(hinge, shared);
-  diagsq = cuda::block_reduce_sum<double>(diagsq, shared);
+  double sums[kFinalizeSumsPerBlock];
+  const int block_flags = merge_finalize_blocks(block_partials, num_blocks, sums, shared,
+                                                &shared_flags);
+  const double invariance = sums[0], hinge = sums[1], diagsq = sums[2];
   if (threadIdx.x == 0) {
     const double n = static_cast<double>(N), dd = static_cast<double>(D);
-    int f = shared_flags;
+    int f = block_flags;
     if (!isfinite(invariance) && f == 0) f = kNonFiniteA | kNonFiniteB;
     *flags = f;
     terms[0] = static_cast<A>(invariance / (n * dd));
