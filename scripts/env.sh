@@ -3,14 +3,16 @@
 # (editable, so the tests import the tree). Sourced by scripts/test.sh and scripts/bench.sh.
 #
 #   JEM_VENV   venv folder (default: .venv in the repository)
-#   JEM_TORCH  torch requirement(s) (default: torch==2.13.0, the CPU build on local disk;
-#              a torch that is already installed in the venv and satisfies it is kept)
-#   JEM_EXTRA  extra packages for optional parity tests (e.g. lightly==1.6.0)
+#   JEM_TORCH  torch requirement(s) (default: torch==2.14.1; a torch that is already installed
+#              in the venv and satisfies it is kept)
+#   JEM_EXTRA  extra requirements (default: -r requirements-peers.txt, the pinned torchvision and
+#              lightly the benchmarks and parity tests compare against; set JEM_EXTRA= to skip)
 #   CPU_ONLY=1 / FORCE_CUDA=1 / TORCH_CUDA_ARCH_LIST  forwarded to setup.py
 set -euo pipefail
 JEM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 JEM_VENV=${JEM_VENV:-$JEM_ROOT/.venv}
-JEM_TORCH=${JEM_TORCH:-torch==2.13.0}
+JEM_TORCH=${JEM_TORCH:-torch==2.14.1}
+JEM_EXTRA=${JEM_EXTRA--r $JEM_ROOT/requirements-peers.txt}
 JEM_PY="$JEM_VENV/bin/python"
 
 if [ ! -x "$JEM_PY" ]; then
