@@ -12,12 +12,23 @@ import torch
 import torch.distributed as dist
 
 
+__all__ = ["all_gather_with_grad", "is_distributed", "check_gather_available"]
+
+
 def is_distributed() -> bool:
+    """Returns True when torch.distributed is initialized with more than one process (the only
+    case in which the losses gather or all-reduce anything)."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def check_gather_available(gather_distributed: bool) -> None:
-    """Constructor check of every loss with a gather_distributed flag."""
+    """Constructor check of every loss with a gather_distributed flag.
+
+    Args:
+        gather_distributed: the flag passed to the loss.
+
+    Raises ValueError when it is True but this torch build has no torch.distributed.
+    """
     if gather_distributed and not dist.is_available():
         raise ValueError("gather_distributed=True but torch.distributed is not available")
 
@@ -56,9 +67,17 @@ class _AllGatherWithGrad(torch.autograd.Function):
 
 
 def all_gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
-    """Concatenate x from every rank along dim 0, keeping the autograd graph (see module doc).
+    """Concatenate x from every rank along dim 0, keeping the autograd graph.
 
-    All ranks must pass the same shape."""
+    Args:
+        x: (N, ...) tensor, the same shape on every rank.
+        group: process group (None: the default group).
+
+    Returns:
+        (world_size * N, ...) tensor, rank r's slice at rows [r * N, (r + 1) * N); x itself
+        when not distributed. Its backward gives each rank the sum over ranks of the gradient
+        of its own slice (one reduce-scatter on NCCL, one all-reduce + slice otherwise).
+    """
     if not is_distributed():
         return x
     return _AllGatherWithGrad.apply(x, group)

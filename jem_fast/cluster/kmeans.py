@@ -81,11 +81,21 @@ def _shared_seed(seed: Optional[int], device, group) -> int:
 def spherical_kmeans(memory: torch.Tensor, num_centroids: int, num_iters: int = 10,
                      generator: Optional[torch.Generator] = None, group=None,
                      _rows: Optional[List[int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(centroids (K, D), local assignments (N_local,)) of spherical k-means over the memory
-    rows of every rank (a single process when torch.distributed is not initialized).
+    """Spherical k-means over the memory rows of every rank (a single process when
+    torch.distributed is not initialized).
 
-    generator: a CPU torch.Generator that draws the initial rows; it must be in the same state
-    on every rank (cluster_memory seeds one). Empty clusters keep their previous centroid.
+    Args:
+        memory: (N_local, D) floating-point features of this rank.
+        num_centroids: K, the number of clusters.
+        num_iters: k-means iterations (>= 0).
+        generator: a CPU torch.Generator that draws the initial rows; it must be in the same
+            state on every rank (cluster_memory seeds one). Required when distributed.
+        group: the process group (default: the world).
+
+    Returns:
+        (centroids, assignments): (K, D) unit-norm centroids in the memory's dtype and the
+        (N_local,) int64 cluster of every local row. Empty clusters keep their previous
+        centroid.
     """
     if not isinstance(memory, torch.Tensor) or memory.dim() != 2:
         raise ValueError("memory must be a 2-D tensor (num_rows, dim), got "
@@ -152,15 +162,20 @@ def cluster_memory(memory_embeddings: Union[torch.Tensor, Sequence[torch.Tensor]
                    group=None) -> KMeansResult:
     """DeepCluster-v2's clustering of the memory banks, one k-means per prototype head.
 
-    memory_embeddings: (num_banks, N_local, D) or a list of (N_local, D) tensors, this rank's
-        memory (one bank per crop used for assignment). Head h clusters bank h % num_banks.
-    num_prototypes: K per head (an int: one head).
-    num_iters: k-means iterations (the official default is 10).
-    memory_index: (N_local,) int64 dataset index of every memory row; with dataset_size, the
-        result also holds `assignments` (num_heads, dataset_size) gathered from every rank.
-    seed: seeds the draw of the initial centroids (the same on all ranks); None: a random seed
-        drawn on rank 0 and broadcast.
-    group: the process group (default: the world) when torch.distributed is initialized.
+    Args:
+        memory_embeddings: (num_banks, N_local, D) or a list of (N_local, D) tensors, this rank's
+            memory (one bank per crop used for assignment). Head h clusters bank h % num_banks.
+        num_prototypes: K per head (an int: one head).
+        num_iters: k-means iterations (the official default is 10).
+        memory_index: (N_local,) int64 dataset index of every memory row; with dataset_size, the
+            result also holds `assignments` (num_heads, dataset_size) gathered from every rank.
+        seed: seeds the draw of the initial centroids (the same on all ranks); None: a random seed
+            drawn on rank 0 and broadcast.
+        group: the process group (default: the world) when torch.distributed is initialized.
+
+    Returns:
+        KMeansResult(local_assignments (num_heads, N_local) int64, centroids: one (K_h, D)
+        tensor per head, assignments (num_heads, dataset_size) int64 or None).
     """
     banks = list(memory_embeddings.unbind(0)) if isinstance(memory_embeddings, torch.Tensor) \
         and memory_embeddings.dim() == 3 else (

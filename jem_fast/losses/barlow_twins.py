@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..distributed import all_gather_with_grad, check_gather_available, is_distributed
+from ..ops._common import promote_floating
 from ..ops.barlow_twins import BarlowTwinsTerms, barlow_twins_terms
 
 
@@ -22,8 +23,11 @@ class BarlowTwinsLoss(torch.nn.Module):
         check_finite: raise naming the input when z_a or z_b holds NaN/Inf (one device sync per
             call on CUDA).
 
-    The loss is returned in float32 (float64 for float64 inputs). After each forward,
-    `last_terms` holds the detached BarlowTwinsTerms for logging.
+    Inputs: z_a and z_b of shape (N, D) (N >= 2), floating-point. Different dtypes are promoted
+    as torch promotes (`torch.promote_types`: float16 with float32 computes in float32; lightly
+    raises there); each input's gradient comes back in its own dtype. The loss is a 0-d tensor,
+    float32 (float64 when either input is float64). After each forward, `last_terms` holds the
+    detached BarlowTwinsTerms for logging.
     """
 
     def __init__(self, lambda_param: float = 5e-3, gather_distributed: bool = False,
@@ -37,12 +41,33 @@ class BarlowTwinsLoss(torch.nn.Module):
         self.last_terms: BarlowTwinsTerms | None = None
 
     def terms(self, z_a: torch.Tensor, z_b: torch.Tensor) -> BarlowTwinsTerms:
+        """The two differentiable terms, unweighted.
+
+        Args:
+            z_a, z_b: (N, D) projections of the two views (dtypes promoted as in forward).
+
+        Returns:
+            BarlowTwinsTerms(on_diagonal, off_diagonal): 0-d tensors, float32 (float64 when
+            either input is float64), differentiable w.r.t. z_a and z_b.
+        """
+        z_a, z_b = promote_floating("BarlowTwinsLoss", (("z_a", z_a), ("z_b", z_b)))
         if self.gather_distributed and is_distributed():
             z_a, z_b = all_gather_with_grad(z_a), all_gather_with_grad(z_b)
         t = barlow_twins_terms(z_a, z_b, self.route, self.check_finite)
         return BarlowTwinsTerms(t[0], t[1])
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        """Barlow Twins loss of two batches of projections.
+
+        Args:
+            z_a: (N, D) projections of the first view, N >= 2, any floating dtype.
+            z_b: (N, D) projections of the second view; a different floating dtype is promoted
+                with z_a's (torch.promote_types).
+
+        Returns:
+            0-d tensor on_diagonal + lambda_param * off_diagonal, float32 (float64 when either
+            input is float64). Also sets `last_terms`.
+        """
         t = self.terms(z_a, z_b)
         self.last_terms = BarlowTwinsTerms(*(x.detach() for x in t))
         return t.on_diagonal + self.lambda_param * t.off_diagonal

@@ -21,9 +21,15 @@ class DeepClusterV2Loss(torch.nn.Module):
           tensors; rows with ignore_index (default -1, what jem_fast.cluster gives rows without
           an assignment) do not count. In the official training loop the targets of a batch
           are `assignments[h][idx].repeat(num_crops)`, one per crop.
-    The scores are cast to float32 (float64 stays float64) before the softmax; integer or bool
-    scores and an empty batch (no rows or no prototypes) raise, as in the other losses. A head
-    whose rows are all ignored contributes 0 (torch's mean would be 0/0 = NaN).
+
+    Args:
+        temperature: finite and > 0; the scores are divided by it before the softmax.
+        ignore_index: target value of rows without an assignment.
+
+    The scores of every head are cast to one dtype before the softmax: float32, or float64 when
+    any head is float64 (heads of different floating dtypes mix, as in a torch expression);
+    integer or bool scores and an empty batch (no rows or no prototypes) raise, as in the other
+    losses. A head whose rows are all ignored contributes 0 (torch's mean would be 0/0 = NaN).
     """
 
     def __init__(self, temperature: float = 0.1, ignore_index: int = -1):
@@ -33,6 +39,18 @@ class DeepClusterV2Loss(torch.nn.Module):
 
     def forward(self, outputs: Union[Tensor, Sequence[Tensor]],
                 targets: Union[Tensor, Sequence[Tensor]]) -> Tensor:
+        """Mean over heads of the cross-entropy of scores / temperature against assignments.
+
+        Args:
+            outputs: (N, K) prototype scores of one head, or a list of them (K may differ per
+                head; heads may have different floating dtypes).
+            targets: (N,) int64 cluster indices, (num_heads, N), or a list of (N,) tensors;
+                ignore_index rows do not count.
+
+        Returns:
+            0-d tensor, float32 (float64 when a head's scores are float64). Each head's
+            gradient has that head's dtype.
+        """
         heads = [outputs] if isinstance(outputs, Tensor) else list(outputs)
         if not heads:
             raise ValueError("outputs must hold the scores of at least one prototype head")
@@ -43,6 +61,12 @@ class DeepClusterV2Loss(torch.nn.Module):
         if len(labels) != len(heads):
             raise ValueError(f"targets: expected one target vector per head ({len(heads)}), got "
                              f"{len(labels)}")
+        # Heads of different floating dtypes are computed in one promoted dtype (at least
+        # float32), as a torch expression mixing them would be.
+        head_dtype = torch.float32
+        for h, scores in enumerate(heads):
+            if isinstance(scores, Tensor) and scores.is_floating_point():
+                head_dtype = torch.promote_types(head_dtype, scores.dtype)
         loss = None
         for h, (scores, t) in enumerate(zip(heads, labels)):
             if not isinstance(scores, Tensor):
@@ -66,7 +90,7 @@ class DeepClusterV2Loss(torch.nn.Module):
                                  f"outputs[{h}] ({scores.shape[0]}), got shape {tuple(t.shape)}")
             if t.dtype != torch.int64:
                 raise ValueError(f"targets[{h}] must be int64 cluster indices, got {t.dtype}")
-            logits = scores if scores.dtype == torch.float64 else scores.float()
+            logits = scores.to(head_dtype)
             total = F.cross_entropy(logits / self.temperature, t, ignore_index=self.ignore_index,
                                     reduction="sum")
             valid = (t != self.ignore_index).sum().clamp_min(1)

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..distributed import all_gather_with_grad, check_gather_available, is_distributed
-from ..ops._common import check_devices
+from ..ops._common import check_devices, promote_floating
 from ..ops.info_nce import check_chunk_rows, check_pair, check_temperature, logsumexp_logits
 
 
@@ -33,7 +33,9 @@ class InfoNCELoss(torch.nn.Module):
         chunk_rows: query rows per logits chunk (0: 64 MiB of float32 logits per chunk).
 
     forward(query, key, negatives=None): (N, D) each, negatives (M, D) (e.g. MemoryBank keys;
-    normalized like the queries, no gradient is sent to them). Returns the float32 loss (float64 for float64 inputs).
+    normalized like the queries, no gradient is sent to them). Inputs of different floating
+    dtypes are promoted to one (torch.promote_types: float16 with float32 computes in float32).
+    Returns a 0-d loss, float32 (float64 when any input is float64).
     """
 
     def __init__(self, temperature: float = 0.07, symmetric: bool = False,
@@ -58,13 +60,34 @@ class InfoNCELoss(torch.nn.Module):
             self.log_logit_scale = None
 
     def logit_scale(self) -> torch.Tensor | float:
+        """Returns 1 / temperature: a float, or with learnable_temperature the differentiable
+        0-d tensor exp(log_logit_scale) clamped to max_logit_scale."""
         if self.log_logit_scale is None:
             return 1.0 / self.temperature
         return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor,
                 negatives: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """InfoNCE loss of queries against keys (and extra negatives).
+
+        Args:
+            query: (N, D) query embeddings, any floating dtype.
+            key: (N, D) key embeddings; key i is query i's positive.
+            negatives: optional (M, D) extra negative keys (a queue of past keys, e.g.
+                `MemoryBank.negatives(key)`); no gradient is sent to them.
+            query, key and negatives of different floating dtypes are promoted to one
+            (torch.promote_types); each input's gradient comes back in its own dtype.
+
+        Returns:
+            0-d tensor, the mean InfoNCE loss (symmetric: the mean of the row and column
+            losses); float32 (float64 when any input is float64).
+        """
         check_pair(query, key, "query", "key")
+        if negatives is not None:
+            query, key, negatives = promote_floating(
+                "InfoNCELoss", (("query", query), ("key", key), ("negatives", negatives)))
+        else:
+            query, key = promote_floating("InfoNCELoss", (("query", query), ("key", key)))
         if negatives is not None:
             check_devices("InfoNCELoss", (("query", query), ("negatives", negatives)),
                           error=ValueError)

@@ -21,8 +21,9 @@ def _rows(x0: torch.Tensor, x1: torch.Tensor, dim: int) -> Tuple[torch.Tensor, t
     """x0, x1 as (rows, D) with D the size of `dim`: `dim` moved last, the rest flattened."""
     _check_tensor(x0, "x0")
     _check_tensor(x1, "x1")
-    if x0.dtype != x1.dtype:
-        raise TypeError(f"x0 and x1 must have the same dtype, got {x0.dtype} and {x1.dtype}")
+    if x0.dtype != x1.dtype:  # as F.cosine_similarity (and so lightly) promotes
+        dtype = torch.promote_types(x0.dtype, x1.dtype)
+        x0, x1 = x0.to(dtype), x1.to(dtype)
     if x0.device != x1.device:
         raise ValueError(f"x0 and x1 must be on the same device, got {x0.device} and {x1.device}")
     if x0.shape != x1.shape:
@@ -51,7 +52,17 @@ def _rows(x0: torch.Tensor, x1: torch.Tensor, dim: int) -> Tuple[torch.Tensor, t
 
 def negative_cosine_similarity(x0: torch.Tensor, x1: torch.Tensor, dim: int = 1,
                                eps: float = 1e-8) -> torch.Tensor:
-    """-mean(cosine_similarity(x0, x1, dim, eps)) on the fused op (see NegativeCosineSimilarity)."""
+    """-mean(cosine_similarity(x0, x1, dim, eps)) on the fused op (see NegativeCosineSimilarity).
+
+    Args:
+        x0, x1: tensors of the same shape (or shapes that broadcast), any floating dtypes
+            (different dtypes are promoted with torch.promote_types, as F.cosine_similarity).
+        dim: the dimension holding the vectors; every other dimension indexes rows.
+        eps: each norm is clamped to at least eps.
+
+    Returns:
+        0-d tensor, float32 (float64 when an input is float64).
+    """
     a, b = _rows(x0, x1, dim)
     return -cosine_similarity_rows(a, b, eps).mean()
 
@@ -65,12 +76,18 @@ class NegativeCosineSimilarity(torch.nn.Module):
     only x0's when x1 is detached). x0 and x1 may broadcast against each other, as in
     F.cosine_similarity (the broadcast operand is then copied once).
 
-    eps: torch 2.x semantics, each norm clamped to eps separately (see jem_fast.ops.negative_cosine).
+    Args:
+        dim: the dimension holding the vectors.
+        eps: each norm is clamped to at least eps separately (torch 2.x semantics of
+            F.cosine_similarity; >= 0).
+
+    x0 and x1 of different floating dtypes are promoted as F.cosine_similarity (and so lightly)
+    promotes them (torch.promote_types: float16 with float32 computes in float32); each input's
+    gradient comes back in its own dtype.
 
     Differences from lightly, on purpose: the loss is float32 for float16/bfloat16 inputs (float32
-    accumulation; torch's autocast also runs cosine_similarity in float32); x0 and x1 must have
-    the same dtype; an empty batch or an empty `dim` raises ValueError instead of returning
-    NaN / 0; eps must be >= 0.
+    accumulation; torch's autocast also runs cosine_similarity in float32); an empty batch or an
+    empty `dim` raises ValueError instead of returning NaN / 0; eps must be >= 0.
     """
 
     def __init__(self, dim: int = 1, eps: float = 1e-8) -> None:
@@ -82,6 +99,15 @@ class NegativeCosineSimilarity(torch.nn.Module):
         self.eps = eps
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        """-mean cosine similarity of x0 and x1 along `dim`.
+
+        Args:
+            x0: prediction, any shape with the vectors along `dim`, any floating dtype.
+            x1: target, the same shape (or broadcastable); detach it yourself (stop-gradient).
+
+        Returns:
+            0-d tensor, float32 (float64 when an input is float64).
+        """
         return negative_cosine_similarity(x0, x1, self.dim, self.eps)
 
 
@@ -99,6 +125,14 @@ def symmetric_negative_cosine(pairs: Iterable[Sequence[torch.Tensor]], dim: int 
     F.normalize; the gradients agree with eps 1e-8 here for any row norm above 1e-8.)
 
     Targets are detached here, so the fused backward writes only the predictions' gradients.
+
+    Args:
+        pairs: iterable of (prediction, target) tensor pairs of the same shape; a prediction
+            and its target of different floating dtypes are promoted (torch.promote_types).
+        dim, eps: as in NegativeCosineSimilarity.
+
+    Returns:
+        0-d tensor, float32 (float64 when an input is float64).
     """
     pairs = list(pairs)
     if not pairs:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..distributed import all_gather_with_grad, check_gather_available, is_distributed
 from ..nn.memory_bank import MemoryBank
+from ..ops._common import promote_floating
 from ..ops.info_nce import (check_chunk_rows, check_pair, check_temperature, logsumexp_logits,
                              logsumexp_self_logits)
 
@@ -24,11 +25,19 @@ class NTXentLoss(torch.nn.Module):
     [its out1 positive, the bank], the bank (a MemoryBank of past out1) consumed by the kernel
     directly; the bank is updated with out1 when out0 requires grad, as in lightly.
 
+    Args:
+        temperature: finite and > 0; logits are cos(out0_i, out1_j) / temperature.
+        memory_bank_size: 0 (no bank), (num_keys, dim), or an int num_keys (dim taken from the
+            first batch).
+        gather_distributed: negatives from the batches of every rank (torch.distributed).
+        chunk_rows: query rows per logits chunk (distributed / memory bank; 0: 64 MiB of
+            float32 logits, 32 MiB on CUDA), or the side of the square tiles of the symmetric
+            single-process path (0: 512 on CPU, 2048 on CUDA).
+
     Differences from lightly, on purpose: temperature must be finite and > 0 (lightly accepts
-    negative values); the loss is computed and returned in float32 (float64 for float64 inputs).
-    chunk_rows: query rows per logits chunk (distributed / memory bank; 0: 64 MiB of float32
-    logits, 32 MiB on CUDA), or the side of the square tiles of the symmetric single-process
-    path (0: 512 on CPU, 2048 on CUDA).
+    negative values); the loss is computed and returned in float32 (float64 when an input is
+    float64); out0 and out1 of different floating dtypes are promoted (torch.promote_types,
+    e.g. float16 with float32 computes in float32) where lightly raises.
     """
 
     def __init__(self, temperature: float = 0.5,
@@ -42,7 +51,20 @@ class NTXentLoss(torch.nn.Module):
         self.chunk_rows = check_chunk_rows(chunk_rows)
 
     def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
+        """NT-Xent loss of two batches of projections.
+
+        Args:
+            out0: (N, D) projections of the first view (N >= 1), any floating dtype.
+            out1: (N, D) projections of the second view: row i is out0 row i's positive. A
+                different floating dtype is promoted with out0's (torch.promote_types). With a
+                memory bank, out1 is enqueued after the loss when out0 requires grad.
+
+        Returns:
+            0-d tensor, the mean over rows of -log softmax of the positive logit; float32
+            (float64 when an input is float64). Each input's gradient has its own dtype.
+        """
         check_pair(out0, out1, "out0", "out1")
+        out0, out1 = promote_floating("NTXentLoss", (("out0", out0), ("out1", out1)))
         scale = 1.0 / self.temperature
         out0 = F.normalize(out0, dim=1)
         out1 = F.normalize(out1, dim=1)

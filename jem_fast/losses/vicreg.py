@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import all_gather_with_grad, check_gather_available, is_distributed
+from ..ops._common import promote_floating
 from ..ops.vicreg import VICRegTerms, vicreg_terms
 
 
@@ -24,8 +25,16 @@ class VICRegLoss(torch.nn.Module):
         check_finite: raise a ValueError-like RuntimeError naming the input when z_a or z_b
             holds NaN/Inf instead of returning a NaN loss (one device sync per call on CUDA).
 
-    The loss is returned in float32 (float64 for float64 inputs) whatever the input dtype.
-    After each forward, `last_terms` holds the detached VICRegTerms for logging.
+    Inputs: z_a and z_b of shape (N, D) (N >= 2), floating-point. When their dtypes differ they
+    are promoted as torch promotes (`torch.promote_types`, e.g. float16 with float32 computes in
+    float32), as lightly accepts them; each input's gradient comes back in its own dtype. The
+    loss is a 0-d tensor, float32 (float64 when either input is float64) whatever the input
+    dtypes. After each forward, `last_terms` holds the detached VICRegTerms for logging.
+
+    Example::
+
+        criterion = VICRegLoss()
+        loss = criterion(torch.randn(8, 32), torch.randn(8, 32))
     """
 
     def __init__(self, lambda_param: float = 25.0, mu_param: float = 25.0, nu_param: float = 1.0,
@@ -45,7 +54,16 @@ class VICRegLoss(torch.nn.Module):
         self.last_terms: VICRegTerms | None = None
 
     def terms(self, z_a: torch.Tensor, z_b: torch.Tensor) -> VICRegTerms:
-        """The three differentiable terms, unweighted."""
+        """The three differentiable terms, unweighted.
+
+        Args:
+            z_a, z_b: (N, D) projections of the two views (dtypes promoted as in forward).
+
+        Returns:
+            VICRegTerms(invariance, variance, covariance): 0-d tensors, float32 (float64 when
+            either input is float64), differentiable w.r.t. z_a and z_b.
+        """
+        z_a, z_b = promote_floating("VICRegLoss", (("z_a", z_a), ("z_b", z_b)))
         if self.gather_distributed and is_distributed():
             invariance = F.mse_loss(z_a.to(torch.promote_types(z_a.dtype, torch.float32)),
                                     z_b.to(torch.promote_types(z_b.dtype, torch.float32)))
@@ -56,6 +74,17 @@ class VICRegLoss(torch.nn.Module):
         return VICRegTerms(t[0], t[1], t[2])
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        """VICReg loss of two batches of projections.
+
+        Args:
+            z_a: (N, D) projections of the first view, N >= 2, any floating dtype.
+            z_b: (N, D) projections of the second view; a different floating dtype is promoted
+                with z_a's (torch.promote_types).
+
+        Returns:
+            0-d tensor lambda_param * invariance + mu_param * variance + nu_param * covariance,
+            float32 (float64 when either input is float64). Also sets `last_terms`.
+        """
         t = self.terms(z_a, z_b)
         self.last_terms = VICRegTerms(*(x.detach() for x in t))
         return (self.lambda_param * t.invariance + self.mu_param * t.variance

@@ -25,7 +25,12 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def norm_mse_loss(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     """Normalized MSE of lightly / the official code: 2 - 2 * mean cosine similarity of the rows.
 
-    Computed in float32 for half-precision inputs: F.normalize's eps (1e-12) underflows in fp16.
+    Args:
+        x0, x1: (N, D) tensors, any floating dtypes (different ones are promoted).
+
+    Returns:
+        0-d tensor, float32 (float64 when an input is float64): computed in float32 for
+        half-precision inputs, since F.normalize's eps (1e-12) underflows in fp16.
     """
     dtype = torch.promote_types(_compute_dtype(x0.dtype), _compute_dtype(x1.dtype))
     x0 = F.normalize(x0.to(dtype), dim=1)
@@ -156,6 +161,16 @@ class WMSELoss(torch.nn.Module):
     (iteration, sub-batch, view), in that order: new = momentum * batch + (1 - momentum) * old
     (the unshrunk covariance).
 
+    Args:
+        embedding_dim: D, the width of the input.
+        momentum: of the running mean and covariance.
+        eps: shrinkage weight of the identity, in [0, 1].
+        track_running_stats: keep running statistics (used in eval mode).
+        w_iter: whitening iterations (random permutations) per forward.
+        w_size: rows per whitening sub-batch (>= 2 * embedding_dim).
+        loss_fn: the loss between two whitened views (default norm_mse_loss).
+        num_samples: number of views stacked in the input.
+
     Precision: whitening and loss_fn run with autocast disabled, in float32 for float32/fp16/bf16
     inputs and float64 for float64 ones; the loss has that dtype. Gradients reach the input in
     its own dtype.
@@ -214,6 +229,16 @@ class WMSELoss(torch.nn.Module):
         return bs
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """W-MSE loss of num_samples views stacked along the batch.
+
+        Args:
+            input: (batch_size * num_samples, embedding_dim), floating-point; view i in rows
+                [i * batch_size, (i + 1) * batch_size), batch_size a multiple of w_size.
+
+        Returns:
+            0-d tensor, the mean of loss_fn over iterations and pairs of whitened views;
+            float32 (float64 for float64 input). The input's gradient has the input's dtype.
+        """
         bs = self._check_input(input)
         wh = self.whitening
         V, T, G, w, D = self.num_samples, self.w_iter, bs // self.w_size, self.w_size, input.shape[1]

@@ -83,19 +83,22 @@ def update_ema(teacher: TensorsOrModule, student: TensorsOrModule, momentum: flo
                buffers: str = "none") -> None:
     """In place: teacher = momentum * teacher + (1 - momentum) * student, for every parameter.
 
-    teacher, student: nn.Modules (their parameters, in registration order; the two must have the
-    same structure) or iterables of tensors, paired by position. Tensors of different dtype or
-    device than their teacher tensor are converted (a copy). Argument order as in EMA libraries
-    (target first); note lightly's update_momentum(model, model_ema, m) has the student first.
+    Args:
+        teacher, student: nn.Modules (their parameters, in registration order; the two must
+            have the same structure) or iterables of tensors, paired by position. Tensors of
+            different dtype or device than their teacher tensor are converted (a copy).
+            Argument order as in EMA libraries (target first); note lightly's
+            update_momentum(model, model_ema, m) has the student first.
+        momentum: in [0, 1]; 1 is a no-op for parameters (no work at all), 0 copies the
+            student.
+        buffers (modules only): what happens to registered buffers, e.g. BatchNorm running
+            stats. "none" (default): left alone, as lightly's update_momentum, solo-learn, DINO
+            and the official BYOL do (the teacher's BN layers keep the statistics of its own
+            forward passes). "copy": copied from the student. "ema": floating-point buffers
+            averaged like parameters; integer buffers (num_batches_tracked) copied.
 
-    buffers (modules only): what happens to registered buffers, e.g. BatchNorm running stats.
-      "none" (default): left alone, as lightly's update_momentum, solo-learn, DINO and the
-                        official BYOL do (the teacher's BN layers keep the statistics of its own
-                        forward passes).
-      "copy":           copied from the student.
-      "ema":            floating-point buffers averaged like parameters; integer buffers
-                        (num_batches_tracked) copied.
-    momentum 1 is a no-op for parameters (no work at all) and momentum 0 copies the student.
+    Returns:
+        None; the teacher is updated in place, without gradient.
     """
     m = _check_momentum(momentum)
     if buffers not in BUFFER_MODES:
@@ -130,9 +133,18 @@ def cosine_momentum_schedule(step: int, max_steps: int, start: float = 0.996, en
         end - (end - start) * (cos(pi * step / (max_steps - 1)) + 1) / 2
 
     so step 0 gives `start` and step max_steps - 1 (and every later step) gives `end`; max_steps
-    <= 1 gives `end`. A step beyond max_steps warns (RuntimeWarning), as lightly does. With a
-    period: a full cosine cycle every `period` steps, end - (end - start) * (cos(2 pi step /
-    period) + 1) / 2, no end clamp. Negative step or max_steps, or period <= 0, raise ValueError.
+    <= 1 gives `end`. A step beyond max_steps warns (RuntimeWarning), as lightly does.
+
+    Args:
+        step: the current step (>= 0).
+        max_steps: the total number of steps (>= 0).
+        start, end: the momentum at step 0 and at the last step.
+        period: optional; a full cosine cycle every `period` steps,
+            end - (end - start) * (cos(2 pi step / period) + 1) / 2, no end clamp.
+
+    Returns:
+        the momentum, a Python float. Negative step or max_steps, or period <= 0, raise
+        ValueError.
     """
     if step < 0:
         raise ValueError(f"Current step number {step} can't be negative.")
@@ -156,6 +168,10 @@ class MomentumSchedule:
 
         m = schedule(global_step)
         update_ema(teacher, student, m)
+
+    Args:
+        max_steps: the total number of steps (>= 0).
+        start, end: the momentum at step 0 and at the last step, in [0, 1].
     """
 
     def __init__(self, max_steps: int, start: float = 0.996, end: float = 1.0):

@@ -13,9 +13,11 @@ from ..distributed import is_distributed
 class MemoryBank(torch.nn.Module):
     """FIFO queue of past keys, no gradient, ring pointer.
 
-    size: 0 (disabled), (num_keys, dim) (initialized now with normalized random keys, as lightly
-    does), or an int num_keys (dim taken from the first batch, as older lightly releases did).
-    gather_distributed: enqueue the keys of every rank (all-gathered, no gradient).
+    Args:
+        size: 0 (disabled), (num_keys, dim) (initialized now with normalized random keys, as
+            lightly does), or an int num_keys (dim taken from the first batch, as older lightly
+            releases did).
+        gather_distributed: enqueue the keys of every rank (all-gathered, no gradient).
 
     Wrap-around follows lightly exactly: when a batch does not fit before the end, only its
     first part is written and the pointer returns to 0 (the rest of that batch is dropped).
@@ -36,6 +38,7 @@ class MemoryBank(torch.nn.Module):
 
     @property
     def enabled(self) -> bool:
+        """Returns True when the bank holds keys (size > 0), False when disabled."""
         return self.num_keys > 0
 
     @torch.no_grad()
@@ -44,7 +47,14 @@ class MemoryBank(torch.nn.Module):
         self.bank_ptr = torch.zeros(1, dtype=torch.long, device=device)
 
     def negatives(self, like: torch.Tensor) -> Optional[torch.Tensor]:
-        """The stored keys (num_keys, dim) as a detached snapshot, or None when disabled."""
+        """The stored keys as a detached snapshot.
+
+        Args:
+            like: a (batch, dim) batch of keys; on first use it fixes the bank's dim and device.
+
+        Returns:
+            (num_keys, dim) float32 tensor, or None when the bank is disabled (size 0).
+        """
         if not self.enabled:
             return None
         if self.bank.numel() == 0:
@@ -56,6 +66,12 @@ class MemoryBank(torch.nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
+        """Write keys into the queue at the ring pointer (FIFO), without gradient.
+
+        Args:
+            keys: (batch, dim) floating-point keys (stored as float32). With
+                gather_distributed, the keys of every rank are written, rank by rank.
+        """
         if not self.enabled:
             return
         if not isinstance(keys, torch.Tensor):
@@ -85,7 +101,16 @@ class MemoryBank(torch.nn.Module):
             self.bank_ptr[0] = ptr + n
 
     def forward(self, keys: torch.Tensor, update: bool = False):
-        """lightly-style call: returns (keys, negatives snapshot taken before the update)."""
+        """lightly-style call.
+
+        Args:
+            keys: (batch, dim) keys of this step.
+            update: also enqueue them after taking the snapshot.
+
+        Returns:
+            (keys, negatives): the keys unchanged and the (num_keys, dim) snapshot taken before
+            the update (None when the bank is disabled).
+        """
         negatives = self.negatives(keys)
         if update:
             self.enqueue(keys)

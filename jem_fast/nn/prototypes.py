@@ -10,10 +10,13 @@ from torch import Tensor, nn
 class SwaVPrototypes(nn.Module):
     """One linear layer (with bias, as lightly) per prototype head.
 
-    input_dim: feature dimension; n_prototypes: an int (one head; forward returns a tensor) or a
-    list/tuple of ints (several heads; forward returns a list); n_steps_frozen_prototypes: while
-    `step < n_steps_frozen_prototypes` the module's parameters have requires_grad=False (the
-    official SwAV code drops their gradients for the first iterations), after that True.
+    Args:
+        input_dim: feature dimension.
+        n_prototypes: an int (one head; forward returns a tensor) or a list/tuple of ints
+            (several heads; forward returns a list).
+        n_steps_frozen_prototypes: while `step < n_steps_frozen_prototypes` the module's
+            parameters have requires_grad=False (the official SwAV code drops their gradients
+            for the first iterations), after that True.
 
     Same parameter names, shapes and initialization order as lightly, so the same seed gives the
     same weights and the state dicts are interchangeable.
@@ -37,8 +40,16 @@ class SwaVPrototypes(nn.Module):
         self.n_steps_frozen_prototypes = int(n_steps_frozen_prototypes)
 
     def forward(self, x: Tensor, step: Optional[int] = None) -> Union[Tensor, List[Tensor]]:
-        """Scores of x (B, input_dim) against every head's prototypes: a tensor (B, K) for an int
-        n_prototypes, else a list of them. `step` is required when prototypes are frozen."""
+        """Scores of x against every head's prototypes.
+
+        Args:
+            x: (B, input_dim) features (normalize them first, as SwAV does).
+            step: the training step; required when n_steps_frozen_prototypes > 0.
+
+        Returns:
+            a (B, K) tensor for an int n_prototypes, else a list with one (B, K_h) tensor per
+            head.
+        """
         self._freeze_prototypes_if_required(step)
         out = [layer(x) for layer in self.heads]
         return out[0] if self._is_single_prototype else out
@@ -53,8 +64,12 @@ class SwaVPrototypes(nn.Module):
 
     @torch.no_grad()
     def load_centroids(self, centroids: Union[Tensor, Sequence[Tensor]]) -> None:
-        """Copies k-means centroids (one (K_h, input_dim) tensor per head) into the prototype
-        weights, as DeepCluster-v2 does after each clustering (biases are left as they are)."""
+        """Copies k-means centroids into the prototype weights, as DeepCluster-v2 does after
+        each clustering (biases are left as they are).
+
+        Args:
+            centroids: one (K_h, input_dim) tensor per head (a tensor for a single head).
+        """
         cs = [centroids] if isinstance(centroids, Tensor) else list(centroids)
         if len(cs) != len(self.heads):
             raise ValueError(f"centroids: expected {len(self.heads)} tensors (one per head), got "

@@ -53,9 +53,78 @@ def check_devices(op: str, named, error=RuntimeError) -> None:
                         f"{ref_name} on {ref.device} and {name} on {t.device}")
 
 
+FLOATING_DTYPES = "float32, float64, float16 or bfloat16"
+
+
+def promoted_dtype(op: str, named) -> torch.dtype:
+    """torch.promote_types over the floating tensors in `named` ((name, tensor or None) pairs):
+    the dtype a loss computes in when its inputs have different floating dtypes, as torch's own
+    operators (and lightly's losses built on them) would. float16 with bfloat16 gives float32.
+
+    Raises TypeError naming the first argument that is not a tensor or not floating-point (an
+    integer embedding is almost always a mistake, e.g. class labels passed instead of
+    projections)."""
+    dtype = None
+    for name, t in named:
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{op}: {name} must be a floating-point tensor ({FLOATING_DTYPES}), "
+                            f"got {t.dtype}; pass the embeddings (e.g. `{name}.float()` if they "
+                            f"are stored as integers)")
+        dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def promote_floating(op: str, named):
+    """The tensors of `named` cast to promoted_dtype(op, named) (None stays None).
+
+    The casts are autograd ops, so every input still receives its gradient in its own dtype; a
+    tensor that already has the promoted dtype is returned as is (no copy)."""
+    dtype = promoted_dtype(op, named)
+    return [None if t is None else t.to(dtype) for _, t in named]
+
+
 def named_list(name: str, tensors):
     """[(f'{name}[i]', t_i)] for check_devices."""
     return [(f"{name}[{i}]", t) for i, t in enumerate(tensors)]
+
+
+def crop_list(op: str, name: str, crops, accept_stacked: bool, allow_empty: bool = False):
+    """`crops` (a list or tuple of per-crop tensors) as a list, with an error that says what to
+    pass when it is something else.
+
+    accept_stacked: a 3-D (num_crops, batch, dim) tensor is taken as its num_crops crops (what
+    lightly's SwaVLoss does by iterating over it); otherwise it raises with the fix. A 2-D tensor
+    always raises: it is either one crop or several concatenated along the batch, and only the
+    caller knows which."""
+    if isinstance(crops, torch.Tensor):
+        shape = tuple(crops.shape)
+        if crops.dim() == 3 and accept_stacked:
+            return list(crops.unbind(0))
+        if crops.dim() == 3:
+            raise TypeError(
+                f"{op}: {name} must be a list with one (batch, dim) tensor per crop, got one "
+                f"stacked tensor of shape {shape}; pass `list({name}.unbind(0))` (or the list "
+                f"you stacked)")
+        if crops.dim() == 2:
+            raise TypeError(
+                f"{op}: {name} must be a list with one (batch, dim) tensor per crop, got one "
+                f"tensor of shape {shape}; if it holds the crops concatenated along the batch "
+                f"(the official DINO/SwAV code's layout), pass `list({name}.chunk(num_crops))`, "
+                f"and for a single crop pass `[{name}]`")
+        raise TypeError(f"{op}: {name} must be a list with one (batch, dim) tensor per crop, got "
+                        f"a tensor of shape {shape}")
+    if not isinstance(crops, (list, tuple)):
+        raise TypeError(f"{op}: {name} must be a list with one (batch, dim) tensor per crop, got "
+                        f"{type(crops).__name__}")
+    crops = list(crops)
+    if not crops and not allow_empty:
+        raise ValueError(f"{op}: {name} must be a non-empty list with one (batch, dim) tensor "
+                         f"per crop, got an empty list")
+    return crops
 
 
 DOUBLE_BACKWARD_HINT = (

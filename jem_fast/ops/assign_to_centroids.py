@@ -48,9 +48,16 @@ def _assign_to_centroids_fake(features, centroids):
 
 def assign_to_centroids(features: torch.Tensor,
                         centroids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(index (B,) int64, score (B,)) of the centroid with the largest cosine similarity to each
-    row of features (B, D); centroids (K, D) of the same dtype and device. Neither needs to be
-    normalized. Runs without gradient (see the module docstring)."""
+    """The centroid with the largest cosine similarity to each row of features, fused.
+
+    Args:
+        features: (B, D) floating-point rows (need not be normalized).
+        centroids: (K, D) centroids of the same dtype and device (need not be normalized).
+
+    Returns:
+        (index, score): (B,) int64 index of the best centroid and its (B,) cosine similarity.
+        Runs without gradient (see the module docstring).
+    """
     for t, name in ((features, "features"), (centroids, "centroids")):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

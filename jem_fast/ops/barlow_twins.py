@@ -86,11 +86,17 @@ torch.library.register_autograd("jem_fast::barlow_twins_forward", _backward,
 
 def barlow_twins_terms(z_a: torch.Tensor, z_b: torch.Tensor, route: str = "auto",
                        check_finite: bool = True) -> torch.Tensor:
-    """(on_diagonal, off_diagonal) Barlow Twins terms of (N, D) batches as one float32 tensor of
-    shape (2,) (float64 for float64 inputs), differentiable w.r.t. both inputs.
+    """The two Barlow Twins terms, fused.
 
-    route: 'auto' (Gram when 4N < 3D), 'gram' or 'covariance'.
-    check_finite: raise if an input holds NaN/Inf (costs one device sync on CUDA).
+    Args:
+        z_a, z_b: (N, D) batches (N >= 2) of the same floating dtype and device.
+            BarlowTwinsLoss promotes mixed dtypes before calling.
+        route: 'auto' (N x N Gram matrices when 4N < 3D), 'gram' or 'covariance'.
+        check_finite: raise if an input holds NaN/Inf (costs one device sync on CUDA).
+
+    Returns:
+        (2,) tensor [on_diagonal, off_diagonal] (sum_i (1 - C_ii)^2, sum_{i != j} C_ij^2),
+        float32 (float64 for float64 inputs), differentiable w.r.t. both inputs.
     """
     n, d = shape_2d(z_a, "z_a")
     check_devices("barlow_twins_terms", (("z_a", z_a), ("z_b", z_b)))

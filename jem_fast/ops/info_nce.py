@@ -87,18 +87,27 @@ def logsumexp_logits(q: torch.Tensor, k: torch.Tensor, scale: float,
                      self_column: Optional[torch.Tensor] = None, with_columns: bool = False,
                      chunk_rows: int = 0, positive_column: Optional[torch.Tensor] = None
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(row_lse (N,), col_lse (M,) or (0,)) of the logits scale * q k^T without materializing
-    them. self_column (N,) int64 masks one column per row: -1 for none, otherwise a key index in
-    [0, M - 1]; any other entry raises when self_column is on the CPU (checked on the host; on
-    CUDA the range is not checked, since that would cost a device synchronization, and an
-    out-of-range entry masks nothing). chunk_rows >= 0 (0: automatic). Differentiable w.r.t. q
-    and k; float32 results (float64 for float64 inputs).
+    """Row (and column) log-sum-exps of the logits scale * q k^T without materializing them.
 
-    positive_column (N,) int64 (same rules as self_column) leaves each row's positive out as
-    well: the LSEs are then over the negatives only, and a loss is
-    softplus(lse - positive_logit), which keeps every digit when the positive dominates (LSE of
-    all minus the positive cancels then). With with_columns, the entries (i, positive_column[i])
-    are left out of their columns too."""
+    Args:
+        q: (N, D) queries; k: (M, D) keys, the same floating dtype and device.
+        scale: the logit scale (1 / temperature).
+        self_column: optional (N,) int64, one masked column per row: -1 for none, otherwise a
+            key index in [0, M - 1]; any other entry raises when self_column is on the CPU
+            (checked on the host; on CUDA the range is not checked, since that would cost a
+            device synchronization, and an out-of-range entry masks nothing).
+        with_columns: also return the column log-sum-exps (CLIP's symmetric loss).
+        chunk_rows: query rows per logits chunk, >= 0 (0: automatic).
+        positive_column: optional (N,) int64 (same rules as self_column) that leaves each
+            row's positive out as well: the LSEs are then over the negatives only, and a loss
+            is softplus(lse - positive_logit), which keeps every digit when the positive
+            dominates (LSE of all minus the positive cancels then). With with_columns, the
+            entries (i, positive_column[i]) are left out of their columns too.
+
+    Returns:
+        (row_lse (N,), col_lse (M,), or (0,) without with_columns), float32 (float64 for
+        float64 inputs), differentiable w.r.t. q and k.
+    """
     check_devices("logsumexp_logits", (("q", q), ("k", k), ("self_column", self_column),
                                        ("positive_column", positive_column)))
     if int(chunk_rows) < 0:
@@ -168,10 +177,19 @@ torch.library.register_autograd("jem_fast::info_nce_self_lse", _self_backward,
 def logsumexp_self_logits(z: torch.Tensor, scale: float, tile_rows: int = 0,
                           pair_offset: int = 0) -> torch.Tensor:
     """lse[i] = log sum_{j != i} exp(scale * z_i . z_j) (SimCLR's rows), using the symmetry of
-    z z^T: only tiles on and above the diagonal are formed, forward and backward. tile_rows: side
-    of the square logits tiles (0: 512 on CPU, 2048 on CUDA). pair_offset = N / 2 (N even):
-    rows i and i + N/2 are each other's positives and each row also leaves its positive out,
-    giving the LSE of the negatives for softplus(lse - positive_logit) (SimCLR); 0: none."""
+    z z^T: only tiles on and above the diagonal are formed, forward and backward.
+
+    Args:
+        z: (N, D) embeddings (both views concatenated for SimCLR), floating-point.
+        scale: the logit scale (1 / temperature).
+        tile_rows: side of the square logits tiles (0: 512 on CPU, 2048 on CUDA).
+        pair_offset: N / 2 (N even): rows i and i + N/2 are each other's positives and each row
+            also leaves its positive out, giving the LSE of the negatives for
+            softplus(lse - positive_logit) (SimCLR); 0: none.
+
+    Returns:
+        (N,) log-sum-exps, float32 (float64 for float64 z), differentiable w.r.t. z.
+    """
     if int(tile_rows) < 0:
         raise RuntimeError(f"logsumexp_self_logits: tile_rows must be >= 0 (0: automatic), "
                            f"got {tile_rows}")

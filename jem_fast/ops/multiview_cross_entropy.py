@@ -103,9 +103,17 @@ def _check_list(tensors, name: str) -> List[torch.Tensor]:
 def multiview_cross_entropy(targets: Sequence[torch.Tensor], logits: Sequence[torch.Tensor],
                             temperature: float, check_finite: bool = True) -> torch.Tensor:
     """Mean over pairs (t, v), v != t, of the batch-mean cross-entropy between targets[t]
-    (probabilities, no gradient) and softmax(logits[v] / temperature). Targets are cast to the
-    accumulation dtype (float32; float64 for float64 logits). Returns a float32 (float64) scalar.
-    check_finite raises (naming the inputs) when the loss is NaN/Inf (one device sync)."""
+    (probabilities, no gradient) and softmax(logits[v] / temperature).
+
+    Args:
+        targets: list of (B, K) probability rows (e.g. SwAV codes, DINO teacher softmax); they
+            are cast to the accumulation dtype (float32; float64 for float64 logits).
+        logits: list of (B, K) scores, one dtype for all (the losses promote mixed dtypes).
+        temperature: > 0, divides the logits.
+        check_finite: raise (naming the inputs) when the loss is NaN/Inf (one device sync).
+
+    Returns:
+        0-d tensor, float32 (float64 for float64 logits), differentiable w.r.t. the logits."""
     targets = _check_list(targets, "targets")
     logits = _check_list(logits, "logits")
     check_devices("multiview_cross_entropy", named_list("logits", logits)
@@ -122,8 +130,15 @@ def multiview_cross_entropy(targets: Sequence[torch.Tensor], logits: Sequence[to
 
 def centered_softmax(x: torch.Tensor, center: Optional[torch.Tensor],
                      temperature: float) -> torch.Tensor:
-    """softmax((x - center) / temperature) over the last dim in float32 (float64 for float64),
-    without gradient: DINO's teacher distribution."""
+    """DINO's teacher distribution softmax((x - center) / temperature), without gradient.
+
+    Args:
+        x: (B, K) teacher outputs, any floating dtype.
+        center: (1, K), (1, 1, K) or (K,) center, or None for no centering.
+        temperature: > 0, the teacher temperature.
+
+    Returns:
+        (B, K) probabilities over the last dim, float32 (float64 for float64 x)."""
     if x.dim() != 2:
         raise ValueError(f"teacher output must be 2-D (batch, dim), got shape {tuple(x.shape)}")
     check_devices("centered_softmax", (("teacher output", x), ("center", center)))

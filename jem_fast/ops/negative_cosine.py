@@ -69,8 +69,15 @@ torch.library.register_autograd("jem_fast::cosine_similarity_rows", _backward,
 
 
 def cosine_similarity_rows(x0: torch.Tensor, x1: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """cos (N,) of the rows of x0, x1 (N, D), float32 (float64 for float64 inputs) whatever the
-    input dtype. Differentiable w.r.t. x0 and x1 (a detached x1, BYOL's target, costs no
-    gradient pass for it)."""
+    """Cosine similarity of corresponding rows, fused.
+
+    Args:
+        x0, x1: (N, D) tensors of the same floating dtype and device.
+        eps: each row norm is clamped to at least eps (>= 0, finite).
+
+    Returns:
+        (N,) cosines, float32 (float64 for float64 inputs) whatever the input dtype.
+        Differentiable w.r.t. x0 and x1 (a detached x1, BYOL's target, costs no gradient pass
+        for it)."""
     check_devices("cosine_similarity_rows", (("x0", x0), ("x1", x1)))
     return torch.ops.jem_fast.cosine_similarity_rows(x0, x1, float(eps))[0]

@@ -119,8 +119,18 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     """SwAV codes: (B, K) assignments whose rows sum to 1 and whose columns carry mass B/K
     (exactly after the last prototype step, up to the final sample step).
 
-    scores: (B, K) similarities of normalized features and prototypes, float32/float64/float16/
-    bfloat16; the result is float32 (float64 for float64 scores). The potentials are float64 and
+    Args:
+        scores: (B, K) similarities of normalized features and prototypes, float32, float64,
+            float16 or bfloat16.
+        epsilon: entropic regularization (> 0); any value works (log domain).
+        iterations: Sinkhorn-Knopp iterations (>= 0).
+        gather_distributed: normalize the prototype sums over the batches of all ranks.
+        check_finite: validate the scores (see below; one device synchronization).
+
+    Returns:
+        (B, K) codes, float32 (float64 for float64 scores), no gradient.
+
+    The potentials are float64 and
     the exponents extended precision, so float32 codes match the float64 computation to float32
     rounding whatever |scores| / epsilon, and every row sums to 1 to float32 rounding. Runs
     without gradient.

@@ -33,7 +33,16 @@ class VICRegTerms(NamedTuple):
 
 
 def resolve_route(route: str, n: int, d: int, gram_if=lambda n, d: n < d) -> bool:
-    """True for the N x N Gram route. 'auto' picks it by `gram_if(n, d)` (N < D by default)."""
+    """Whether the N x N Gram route is taken.
+
+    Args:
+        route: 'auto', 'gram' or 'covariance'.
+        n, d: batch size N and embedding dimension D.
+        gram_if: the 'auto' rule, gram_if(n, d) -> bool (N < D by default, VICReg's).
+
+    Returns:
+        True for the Gram route, False for the D x D covariance route.
+    """
     check_route(route)
     if route == "auto":
         return bool(gram_if(n, d))
@@ -97,11 +106,18 @@ torch.library.register_autograd("jem_fast::vicreg_forward", _backward,
 
 def vicreg_terms(z_a: torch.Tensor, z_b: torch.Tensor, eps: float = 1e-4, route: str = "auto",
                  check_finite: bool = True) -> torch.Tensor:
-    """The three VICReg terms (invariance, variance, covariance) of (N, D) batches as one
-    float32 tensor of shape (3,) (float64 for float64 inputs), differentiable w.r.t. both.
+    """The three VICReg terms (invariance, variance, covariance), fused.
 
-    route: 'auto' (Gram when N < D), 'gram' or 'covariance'.
-    check_finite: raise if an input holds NaN/Inf (costs one device sync on CUDA).
+    Args:
+        z_a, z_b: (N, D) batches (N >= 2) of the same floating dtype (float32, float64,
+            float16 or bfloat16) and device. VICRegLoss promotes mixed dtypes before calling.
+        eps: added to the variance before the square root (>= 0).
+        route: 'auto' (N x N Gram matrices when N < D), 'gram' or 'covariance'.
+        check_finite: raise if an input holds NaN/Inf (costs one device sync on CUDA).
+
+    Returns:
+        (3,) tensor [invariance, variance, covariance], float32 (float64 for float64 inputs),
+        differentiable w.r.t. both inputs (gradients in the inputs' dtype).
     """
     n, d = shape_2d(z_a, "z_a")
     check_devices("vicreg_terms", (("z_a", z_a), ("z_b", z_b)))
