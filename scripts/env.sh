@@ -19,7 +19,8 @@ if [ ! -x "$JEM_PY" ]; then
   python3 -m venv "$JEM_VENV"
 fi
 # pip prints a warning per unreachable local index; keep the log readable.
-"$JEM_PY" -m pip install -q --disable-pip-version-check $JEM_TORCH -r "$JEM_ROOT/requirements-dev.txt" ${JEM_EXTRA:-} 2>&1 \
+# setuptools>=77 reads pyproject's PEP 639 licence fields; a fresh venv of Python < 3.12 has 65.
+"$JEM_PY" -m pip install -q --disable-pip-version-check $JEM_TORCH "setuptools>=77" -r "$JEM_ROOT/requirements-dev.txt" ${JEM_EXTRA:-} 2>&1 \
   | grep -v "^WARNING: Location" || true
 "$JEM_PY" -c "import torch" || { echo "torch did not install into $JEM_VENV" >&2; exit 1; }
 
@@ -30,7 +31,8 @@ want="$("$JEM_PY" -c 'import torch;print(torch.__version__)') cpu_only=${CPU_ONL
 if [ -z "$so" ] || [ "$built_for" != "$want" ] || \
    [ -n "$(find "$JEM_ROOT/csrc" "$JEM_ROOT/setup.py" -newer "$so" -print -quit)" ]; then
   echo "== building jem_fast ($want)"
-  rm -f "$JEM_ROOT"/jem_fast/_C*.so
+  # The module and its build record (jem_fast/_build_config.py, checked on import) go together.
+  rm -f "$JEM_ROOT"/jem_fast/_C*.so "$JEM_ROOT/jem_fast/_build_config.py"
   (cd "$JEM_ROOT" && MAX_JOBS=${MAX_JOBS:-2} "$JEM_PY" -m pip install -q --no-build-isolation --no-deps -e . 2>&1 \
      | grep -v "^WARNING: Location" || true)
   mkdir -p "$JEM_ROOT/build" && echo "$want" > "$JEM_ROOT/build/.jem_fast_built_for"
