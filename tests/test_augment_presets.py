@@ -13,7 +13,8 @@ from jem_fast.augment.sampling import IMAGENET_MEAN, IMAGENET_STD, PARAM_NAMES, 
 
 
 class RecordingAugment:
-    """Stands in for functional.augment: records every call, returns zeros of the output shape."""
+    """Stands in for functional.augment and functional.augment_sampled (the presets' unchecked
+    entry): records every call, returns zeros of the output shape."""
 
     def __init__(self):
         self.calls = []
@@ -31,7 +32,8 @@ class RecordingAugment:
 @pytest.fixture
 def fake(monkeypatch):
     rec = RecordingAugment()
-    monkeypatch.setattr(A, "functional", types.SimpleNamespace(augment=rec), raising=False)
+    monkeypatch.setattr(A, "functional", types.SimpleNamespace(augment=rec, augment_sampled=rec),
+                        raising=False)
     return rec
 
 
@@ -258,7 +260,14 @@ def test_list_of_images_of_different_sizes(fake):
     aug = P.DINOAugment(num_local_crops=1)
     views, params = aug(imgs, seed=2, return_params=True)
     assert [tuple(v.shape) for v in views] == [(4, 3, 224, 224)] * 2 + [(4, 3, 96, 96)]
-    assert all(c["images"] is imgs for c in fake.calls)
+    # a list runs the slots of one size in one call, on the list repeated per slot: the two
+    # global crops together (parameters of slot 0 then slot 1), then the local crop
+    assert [c["size"] for c in fake.calls] == [224, 96]
+    assert [len(c["images"]) for c in fake.calls] == [8, 4]
+    assert all(a is b for c in fake.calls for a, b in zip(c["images"], imgs * 2))
+    for k in params[0]:
+        assert torch.equal(fake.calls[0]["params"][k], torch.cat([params[0][k], params[1][k]]))
+        assert torch.equal(fake.calls[1]["params"][k], params[2][k])
     for p in params:
         top, left, h, w = p["crop"].unbind(1)
         for i, img in enumerate(imgs):

@@ -4,8 +4,8 @@
 
 images: a uint8 batch (B, 3, H, W) (input_layout='CHW') or (B, H, W, 3) (input_layout='HWC'),
 or a list of B uint8 images (3, H_i, W_i) / (H_i, W_i, 3) of different sizes, on CPU or CUDA.
-params: a dict of per-sample tensors (B = number of images = number of views), the names of the
-table in the spec:
+params: a dict of per-sample tensors (B = number of images = number of views), named as in
+this table:
 
     crop        (B, 4) int64  top, left, height, width in source pixels        (required)
     flip        (B,)   bool   horizontal flip                                  (default False)
@@ -32,15 +32,26 @@ image, so nothing is ever read out of bounds even when checks are skipped under 
 To make several views of the same images (two-view, multi-crop), call once per view set with
 the images repeated in the list (the list holds references, not copies).
 
-Value checks (factor ranges, permutations, crop bounds) read the parameters once (one device
-synchronization on CUDA) and are skipped while torch.compile traces; shape, dtype and device
-checks always run.
+Value checks (factor ranges, permutations, crop bounds) read the parameters once (numpy on
+the CPU, a few microseconds; one device synchronization on CUDA) and are skipped while
+torch.compile traces; shape, dtype and device checks always run. Float images are refused
+(the kernel reads uint8); float images outside [0, 1], typically 0-255 data stored as floats,
+raise ImageValueRangeError (a TypeError and a ValueError) saying to pass uint8 or divide by 255.
+
+`augment_sampled` is the unchecked entry of the presets and the DataLoader transforms, whose
+parameters come from jem_fast's own sampler.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext as _nullcontext
 from typing import Mapping, Sequence, Union
 
 import torch
+
+try:
+    import numpy as _np
+except ImportError:  # pragma: no cover - then the value checks run as torch ops
+    _np = None
 
 from ..ops import augment_views as _ops  # noqa: F401  (registers the fake kernel)
 
@@ -93,7 +104,7 @@ def _image_list(images, input_layout):
     for i, img in enumerate(items):
         name = "images" if batch else f"images[{i}]"
         if img.dtype != torch.uint8:
-            raise TypeError(uint8_error(name, img.dtype))
+            raise uint8_error(name, img.dtype, img)
         if img.device != device:
             raise ValueError(f"{name} is on {img.device}, images[0] on {device}: all images must "
                              "be on one device")
@@ -159,53 +170,51 @@ def _param(params, name, n, device):
     return t.to(torch.float32)
 
 
+def _value_problems(p, sizes, device):
+    """{name: bad (B,) mask} of every value check; numpy on the CPU (a few microseconds), torch
+    ops with one read-back elsewhere."""
+    if device.type == "cpu" and _np is not None:
+        q = {k: v.numpy() for k, v in p.items()}
+        hw = _np.asarray(sizes, dtype=_np.int64).reshape(-1, 2)
+        crop, lib = q["crop"], _np
+        perm_ok = (_np.sort(q["order"], axis=1) == _np.arange(4)).all(axis=1)
+    else:
+        q, lib = p, torch
+        crop = p["crop"]
+        hw = torch.tensor(sizes, dtype=torch.int64, device=device)  # (B, 2)
+        perm_ok = (torch.sort(p["order"], dim=1).values == torch.arange(4, device=device)).all(1)
+    with _np.errstate(invalid="ignore") if lib is _np else _nullcontext():
+        checks = {
+            "crop": (crop[:, 0] < 0) | (crop[:, 1] < 0) | (crop[:, 2] < 1) | (crop[:, 3] < 1)
+            | (crop[:, 0] + crop[:, 2] > hw[:, 0]) | (crop[:, 1] + crop[:, 3] > hw[:, 1]),
+            "order": ~perm_ok,
+            "hue": ~((q["hue"] >= -0.5) & (q["hue"] <= 0.5)),
+        }
+        for name in ("brightness", "contrast", "saturation", "blur_sigma"):
+            checks[name] = ~(q[name] >= 0) | ~lib.isfinite(q[name])
+    if lib is _np:
+        return {k: v for k, v in checks.items() if v.any()}
+    bad = torch.stack(list(checks.values())).any(dim=1).tolist()
+    return {k: v for (k, v), is_bad in zip(checks.items(), bad) if is_bad}
+
+
 def _check_values(p, sizes, device):
     """All value checks with one read of the parameters (one sync on CUDA)."""
-    crop = p["crop"]
-    hw = torch.tensor(sizes, dtype=torch.int64, device=device)  # (B, 2)
-    order = p["order"]
-    perm_ok = (torch.sort(order, dim=1).values == torch.arange(4, device=device)).all(dim=1)
-    checks = {
-        "crop": (crop[:, 0] < 0) | (crop[:, 1] < 0) | (crop[:, 2] < 1) | (crop[:, 3] < 1)
-        | (crop[:, 0] + crop[:, 2] > hw[:, 0]) | (crop[:, 1] + crop[:, 3] > hw[:, 1]),
-        "order": ~perm_ok,
-        "brightness": ~(p["brightness"] >= 0) | ~torch.isfinite(p["brightness"]),
-        "contrast": ~(p["contrast"] >= 0) | ~torch.isfinite(p["contrast"]),
-        "saturation": ~(p["saturation"] >= 0) | ~torch.isfinite(p["saturation"]),
-        "hue": ~((p["hue"] >= -0.5) & (p["hue"] <= 0.5)),
-        "blur_sigma": ~(p["blur_sigma"] >= 0) | ~torch.isfinite(p["blur_sigma"]),
-    }
-    bad = torch.stack(list(checks.values())).any(dim=1).tolist()
-    for (name, mask), is_bad in zip(checks.items(), bad):
-        if not is_bad:
-            continue
-        i = int(mask.nonzero()[0, 0])
+    for name, mask in _value_problems(p, sizes, device).items():
+        i = int(mask.nonzero()[0][0])
         if name == "crop":
-            raise ValueError(f"params['crop'][{i}] = {crop[i].tolist()} (top, left, height, width)"
-                             f" is not a non-empty rectangle inside image {i} of size "
+            raise ValueError(f"params['crop'][{i}] = {p['crop'][i].tolist()} (top, left, height, "
+                             f"width) is not a non-empty rectangle inside image {i} of size "
                              f"{tuple(sizes[i])} (H, W)")
         if name == "order":
-            raise ValueError(f"params['order'][{i}] = {order[i].tolist()} is not a permutation of "
-                             "0 brightness, 1 contrast, 2 saturation, 3 hue")
+            raise ValueError(f"params['order'][{i}] = {p['order'][i].tolist()} is not a "
+                             "permutation of 0 brightness, 1 contrast, 2 saturation, 3 hue")
         what = {"hue": "in [-0.5, 0.5]", "blur_sigma": "finite and >= 0 (0 = no blur)"}.get(
             name, "finite and >= 0")
         raise ValueError(f"params['{name}'][{i}] = {p[name][i].item()} must be {what}")
 
 
-def augment(images: Union[torch.Tensor, Sequence[torch.Tensor]],
-            params: Mapping[str, torch.Tensor],
-            size: Union[int, Sequence[int]], *,
-            interpolation: str = "bicubic",
-            mean: Sequence[float] = IMAGENET_MEAN,
-            std: Sequence[float] = IMAGENET_STD,
-            dtype: torch.dtype = torch.float32,
-            channels_last: bool = False,
-            blur_kernel_size: int = 23,
-            blur_padding: str = "reflect",
-            solarize_threshold: float = 0.5,
-            input_layout: str = "CHW") -> torch.Tensor:
-    """Views (B, 3, h, w) of `images` under the given per-sample `params` (module docstring)."""
-    items, n, device, sizes = _image_list(images, input_layout)
+def _check_options(size, interpolation, blur_kernel_size, blur_padding, dtype, mean, std):
     out_h, out_w = _out_size(size)
     if interpolation not in ("bilinear", "bicubic"):
         raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
@@ -223,6 +232,64 @@ def augment(images: Union[torch.Tensor, Sequence[torch.Tensor]],
         raise ValueError(f"mean and std must have 3 entries each, got {mean} and {std}")
     if any(s == 0.0 for s in std):
         raise ValueError(f"std must be non-zero, got {std}")
+    return out_h, out_w, mean, std
+
+
+def _check_reflect_blur(blur_padding, blur_kernel_size, out_h, out_w, blur_sigma):
+    if (blur_padding == "reflect" and blur_kernel_size // 2 >= min(out_h, out_w)
+            and bool((blur_sigma > 0).any())):
+        raise ValueError(f"blur_kernel_size {blur_kernel_size} is too large for reflect "
+                         f"padding of a {out_h} x {out_w} view (torch's reflect padding needs "
+                         "kernel // 2 < the view size); use blur_padding='zeros' or a smaller "
+                         "kernel")
+
+
+def _launch(items, p, out_h, out_w, hwc, interpolation, blur_kernel_size, blur_padding,
+            solarize_threshold, mean, std, dtype, channels_last):
+    return torch.ops.jem_fast.augment_views(
+        items, p["crop"], p["flip"], p["jitter"], p["brightness"], p["contrast"],
+        p["saturation"], p["hue"], p["order"], p["grayscale"], p["blur_sigma"], p["solarize"],
+        out_h, out_w, hwc, interpolation, blur_kernel_size, blur_padding,
+        float(solarize_threshold), mean, std, dtype, channels_last)
+
+
+def augment_sampled(images: Union[torch.Tensor, Sequence[torch.Tensor]],
+                    params: Mapping[str, torch.Tensor], size: int, *,
+                    interpolation: str, mean: Sequence[float], std: Sequence[float],
+                    dtype: torch.dtype, channels_last: bool, blur_kernel_size: int,
+                    blur_padding: str, solarize_threshold: float,
+                    input_layout: str) -> torch.Tensor:
+    """`augment` without the per-call validation, for the presets and the DataLoader transforms:
+    `images` were checked by the caller (uint8, 3 channels, one device), `params` hold every
+    name, drawn by jem_fast's sampler for these images (valid by construction: rectangles inside
+    their images, permutations, factors in range) in the op's dtypes, and the options come from
+    a validated ViewConfig. Calling it with anything else is undefined (the op still clamps
+    rectangles, so nothing is read out of bounds)."""
+    items = [images] if isinstance(images, torch.Tensor) else images
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if blur_padding == "reflect" and blur_kernel_size // 2 >= size:
+        _check_reflect_blur(blur_padding, blur_kernel_size, size, size, params["blur_sigma"])
+    return _launch(items, params, size, size, input_layout == "HWC", interpolation,
+                   blur_kernel_size, blur_padding, solarize_threshold, mean, std, dtype,
+                   channels_last)
+
+
+def augment(images: Union[torch.Tensor, Sequence[torch.Tensor]],
+            params: Mapping[str, torch.Tensor],
+            size: Union[int, Sequence[int]], *,
+            interpolation: str = "bicubic",
+            mean: Sequence[float] = IMAGENET_MEAN,
+            std: Sequence[float] = IMAGENET_STD,
+            dtype: torch.dtype = torch.float32,
+            channels_last: bool = False,
+            blur_kernel_size: int = 23,
+            blur_padding: str = "reflect",
+            solarize_threshold: float = 0.5,
+            input_layout: str = "CHW") -> torch.Tensor:
+    """Views (B, 3, h, w) of `images` under the given per-sample `params` (module docstring)."""
+    items, n, device, sizes = _image_list(images, input_layout)
+    out_h, out_w, mean, std = _check_options(size, interpolation, blur_kernel_size, blur_padding,
+                                             dtype, mean, std)
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a dict of tensors, got {type(params).__name__}")
     unknown = sorted(set(params) - set(_NAMES))
@@ -231,14 +298,7 @@ def augment(images: Union[torch.Tensor, Sequence[torch.Tensor]],
     p = {name: _param(params, name, n, device) for name in _NAMES}
     if not _is_compiling():
         _check_values(p, sizes, device)
-        if (blur_padding == "reflect" and blur_kernel_size // 2 >= min(out_h, out_w)
-                and bool((p["blur_sigma"] > 0).any())):
-            raise ValueError(f"blur_kernel_size {blur_kernel_size} is too large for reflect "
-                             f"padding of a {out_h} x {out_w} view (torch's reflect padding needs "
-                             "kernel // 2 < the view size); use blur_padding='zeros' or a smaller "
-                             "kernel")
-    return torch.ops.jem_fast.augment_views(
-        items, p["crop"], p["flip"], p["jitter"], p["brightness"], p["contrast"],
-        p["saturation"], p["hue"], p["order"], p["grayscale"], p["blur_sigma"], p["solarize"],
-        out_h, out_w, input_layout == "HWC", interpolation, blur_kernel_size, blur_padding,
-        float(solarize_threshold), mean, std, dtype, channels_last)
+        _check_reflect_blur(blur_padding, blur_kernel_size, out_h, out_w, p["blur_sigma"])
+    return _launch(items, p, out_h, out_w, input_layout == "HWC", interpolation,
+                   blur_kernel_size, blur_padding, solarize_threshold, mean, std, dtype,
+                   channels_last)

@@ -2,13 +2,16 @@
 
 Each recipe is a list of `ViewConfig` slots (one per output view). A call draws every slot's
 per-sample parameters from the counter-based sampler (a pure function of seed, step, sample index
-and slot index) and runs the fused kernel `functional.augment` once per slot. Every recipe value
+and slot index; Python/numpy on the CPU, torch ops on CUDA, the same bits) and runs the fused
+kernel: once per slot on a 4-D batch, once per view size on a list of images (the slots of one
+size and kernel options share a call; a DINO list: 2 calls for 10 views). Every recipe value
 can be overridden: recipe-specific arguments (sizes, scales, per-slot probabilities, kernel size),
 any ViewConfig field as a keyword shared by all slots, and `slot_overrides={slot: {field: value}}`
 for a single slot. `MultiViewAugment(views)` takes arbitrary slots.
 
-Semantics are torchvision's tensor path (see the spec), which is also what the PIL-based official
-repositories approximate; the known deviations of each recipe are stated in its docstring.
+Semantics are torchvision's tensor path (torchvision.transforms.v2 on tensors), which is also
+what the PIL-based official repositories approximate; the known deviations of each recipe are
+stated in its docstring.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .sampling import ViewConfig, derive_seed, sample_views_params, uint8_error, _check_seed
+from .sampling import (ViewConfig, derive_seed, sample_views_params, uint8_error, _check_seed,
+                       _sample_stacked_trusted)
 
 __all__ = ["MultiViewAugment", "SimCLRAugment", "BYOLAugment", "VICRegAugment",
            "BarlowTwinsAugment", "DINOAugment", "DINOv2Augment", "SwAVAugment", "MAEAugment",
@@ -69,7 +73,7 @@ def _image_geometry(images: Images, layout: str):
         # The fused kernel reads uint8 pixels only (what decoders return); checked here so that
         # no parameters are drawn for a batch the kernel would reject.
         if t.dtype != torch.uint8:
-            raise TypeError(uint8_error(what, t.dtype))
+            raise uint8_error(what, t.dtype, t)
 
     if isinstance(images, torch.Tensor):
         if images.dim() != 4:
@@ -94,6 +98,23 @@ def _image_geometry(images: Images, layout: str):
             sizes.append(hw(t, f"images[{i}]"))
         return sizes, None, images[0].device
     raise TypeError(f"images must be a tensor or a list of tensors, got {type(images).__name__}")
+
+
+def _launch_groups(views: Sequence[ViewConfig]):
+    """[(config, slots)]: slots that one kernel call can serve together (same output size and
+    kernel options; sampling fields may differ), in order of first appearance."""
+    groups: Dict[Tuple, Tuple[ViewConfig, List[int]]] = {}
+    for i, v in enumerate(views):
+        key = (v.size, v.interpolation, v.mean, v.std, v.blur_kernel_size, v.blur_padding,
+               v.solarize_threshold)
+        groups.setdefault(key, (v, []))[1].append(i)
+    return list(groups.values())
+
+
+def _index(slots, on_numpy, device):
+    if on_numpy:
+        return torch.tensor(slots, dtype=torch.int64).numpy()
+    return torch.tensor(slots, dtype=torch.int64, device=device)
 
 
 class MultiViewAugment(torch.nn.Module):
@@ -142,6 +163,7 @@ class MultiViewAugment(torch.nn.Module):
         self.dtype = dtype
         self.channels_last = channels_last
         self.input_layout = input_layout
+        self._launch_groups = _launch_groups(views)
 
     @property
     def num_views(self) -> int:
@@ -168,14 +190,55 @@ class MultiViewAugment(torch.nn.Module):
     def forward(self, images: Images, *, seed: Optional[int] = None, step: Optional[int] = None,
                 index_offset: int = 0, return_params: bool = False):
         F = _functional()  # first: a missing kernel must not advance self.step
-        params = self.sample_params(images, seed=seed, step=step, index_offset=index_offset)
-        views = [F.augment(images, p, cfg.size, interpolation=cfg.interpolation, mean=cfg.mean,
-                           std=cfg.std, dtype=self.dtype, channels_last=self.channels_last,
-                           blur_kernel_size=cfg.blur_kernel_size, blur_padding=cfg.blur_padding,
-                           solarize_threshold=cfg.solarize_threshold,
-                           input_layout=self.input_layout)
-                 for cfg, p in zip(self.views, params)]
-        return (views, params) if return_params else views
+        sizes, batch, device = _image_geometry(images, self.input_layout)
+        key = self._key(seed, step)
+        return self._apply(F, images, sizes, batch, device, key, index_offset, return_params,
+                           self.input_layout)
+
+    def _apply(self, F, images, sizes, batch, device, key, index_offset, return_params, layout,
+               single: bool = False):
+        """Sample every slot's parameters at once and run the kernel once per launch group.
+
+        A list of images (the per-image and collate paths) runs all slots of one output size
+        and kernel options in one call on the list repeated per slot; a 4-D batch runs one
+        call per slot on the batch itself. single=True (a list of one image, the per-image
+        transform): the views come back as (3, h, w) tensors."""
+        stacked, on_numpy = _sample_stacked_trusted(sizes, batch, key, self.views, device,
+                                                    index_offset)
+        n = batch if batch is not None else len(images)
+        to_tensor = torch.from_numpy if on_numpy else (lambda t: t)
+        views: List[Optional[torch.Tensor]] = [None] * len(self.views)
+        slot_params: List[Optional[Dict[str, torch.Tensor]]] = [None] * len(self.views)
+        for cfg, slots in self._launch_groups:
+            options = dict(interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std,
+                           dtype=self.dtype, channels_last=self.channels_last,
+                           blur_kernel_size=cfg.blur_kernel_size,
+                           blur_padding=cfg.blur_padding,
+                           solarize_threshold=cfg.solarize_threshold, input_layout=layout)
+            if isinstance(images, torch.Tensor) or len(slots) == 1:
+                for s in slots:
+                    slot_params[s] = {k: to_tensor(v[s]) for k, v in stacked.items()}
+                    views[s] = F.augment_sampled(images, slot_params[s], cfg.size, **options)
+                    if single:
+                        views[s] = views[s][0]
+                continue
+            first, last = slots[0], slots[-1] + 1
+            rows = slice(first, last) if last - first == len(slots) else _index(slots, on_numpy,
+                                                                                device)
+            params = {k: to_tensor(v[rows].reshape((-1,) + v.shape[2:]))
+                      for k, v in stacked.items()}
+            out = F.augment_sampled(list(images) * len(slots), params, cfg.size, **options)
+            if single:  # n == 1: one unbind instead of a slice and a select per view
+                for s, view in zip(slots, out.unbind(0)):
+                    views[s] = view
+                continue
+            for j, s in enumerate(slots):
+                views[s] = out[j * n:(j + 1) * n]
+        if not return_params:
+            return views
+        params = [p if p is not None else {k: to_tensor(v[i]) for k, v in stacked.items()}
+                  for i, p in enumerate(slot_params)]
+        return views, params
 
     def extra_repr(self) -> str:
         sizes = ", ".join(str(v.size) for v in self.views)

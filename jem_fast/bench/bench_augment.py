@@ -1,295 +1,176 @@
-"""Fused augmentation benchmark: the functional kernel and the SimCLR and DINO presets end to end.
+"""Augmentation benchmark: jem_fast's per-image and batched calls against the pipelines people use.
 
-Inputs: N uint8 images of about 500 x 375 (sizes vary; a list, as a JPEG decoder returns them).
-Three cases, each against the per-sample pipelines users write today, same inputs, same run:
+Inputs: N ImageNet-like images of about 500 x 375 (sizes vary; smooth random content plus
+grain), as decoded uint8 tensors and as JPEG files made with torchvision.io.encode_jpeg
+(quality 90). Two recipes, SimCLR (2 views of 224) and DINO (2 x 224 + 8 x 96), each
 
-  simclr_2x224   the functional kernel: 2 views of 224 per image with given per-sample
-                 parameters drawn with plain torch (RandomResizedCrop-like rectangle, flip 0.5,
-                 jitter 0.8 with (0.8, 0.8, 0.8, 0.2) in a random order, grayscale 0.2, blur 0.5
-                 with sigma ~ U(0.1, 2) and k = 23 (reflect), bicubic)
-      jem_fast     jem_fast.augment.functional.augment on the 2N-view list (one call)
-      torchvision  torchvision.transforms.v2.functional applied per view in float32
-      eager        jem_fast.reference.augment in float32 (plain torch ops per view)
-  simclr_preset  the SimCLR recipe as a user runs it: 2 views of 224 per image
-      jem_fast     jem_fast.augment.SimCLRAugment(size=224)(images): Philox parameter sampling
-                   (jem_fast/augment/sampling.py) + the fused kernel, one call
-      torchvision  a torchvision.transforms.v2.Compose (RandomResizedCrop bicubic antialias, flip,
-                   RandomApply(ColorJitter), RandomGrayscale, RandomApply(GaussianBlur), ToDtype,
-                   Normalize) applied per image and view on the uint8 image, as in a Dataset, then
-                   stacked per view
-      kornia       kornia.augmentation.AugmentationSequential, once per image on a batch of its
-                   views (when kornia is importable; otherwise a 'skipped' row)
-  dino_preset    the DINO recipe: 2 global views of 224 + 10 local views of 96 per image
-      jem_fast     jem_fast.augment.DINOAugment(num_local_crops=10)(images)
-      torchvision  DINO's per-sample pipeline in v2 transforms (global 1 / global 2 / local)
-      kornia       as above, one AugmentationSequential per slot group
-Reported: time per call (all views of the N images), views/s, the ratio to jem_fast of the same
-case ('/jf'); on CUDA the fraction of the HBM floor (bytes in METHODOLOGY). Targets (the issue's):
-CPU, 2 threads: SimCLR preset >= 3x torchvision v2 per sample; CUDA: SimCLR preset >= 20x
-torchvision per sample, >= 10x kornia, within 4x of the HBM floor.
+  per-image   jem_fast.augment.ViewTransform on one image per call (Dataset.__getitem__)
+  batched     jem_fast.augment.MultiViewCollate on the list of N images (collate_fn)
 
-    python -m jem_fast.bench.bench_augment --quick            # CPU: N = 16 (DINO: 4)
-    python -m jem_fast.bench.bench_augment --device cuda      # N = 256
+and, with decode included ('+decode'), the same calls from the JPEG bytes (jem_fast and
+torchvision: torchvision.io.decode_jpeg; lightly: PIL.Image.open; DALI: fn.decoders.image).
+Peers, same images, same run, timings interleaved (one call of each implementation per round):
+
+  lightly       lightly.transforms.SimCLRTransform / DINOTransform (n_local_views=8) on PIL images,
+                one call per image, their defaults = jem_fast's presets (PIL: bicubic crops,
+                PIL's approximate Gaussian blur). With pillow-simd installed the row is
+                'lightly_simd' (see below).
+  torchvision   torchvision.transforms.v2 per view on the uint8 tensor (the preset's slots as
+                Compose of RandomResizedCrop(antialias), flip, ColorJitter, grayscale, blur,
+                solarize, ToDtype, Normalize), one call per image
+  kornia        kornia.augmentation per image on a batch of that image's views (float [0, 1])
+  dali          NVIDIA DALI's CPU pipeline (device_id=None), batch = the N images, one thread
+                (its own conditional execution for the probabilities; fixed jitter order,
+                DALI's contrast pivot: cheaper, not torchvision's semantics)
+
+Also: the per-stage split of the kernel on 224 views (crop+resize, + jitter without hue,
++ jitter with hue, + blur k = 23) next to the same ops on PIL (what lightly runs); the per-image
+call overhead (the call minus its kernel launches, paired per image); a batched call at 1 and
+at --threads threads (information).
+
+Threads: every comparison runs with torch.set_num_threads(1) (per core: one thread on each side,
+PIL and DALI single-threaded too); views/s are per core.
+
+pillow-simd replaces Pillow, so it can only be measured in its own environment. One that reuses
+the project's venv for everything else (its site-packages after pillow-simd's on sys.path;
+pillow-simd builds from source: needs a C compiler and the libjpeg and zlib headers):
+    python3.11 -m venv /tmp/simdvenv
+    echo "$PWD/.venv/lib/python3.11/site-packages" \
+        > /tmp/simdvenv/lib/python3.11/site-packages/zz_project_venv.pth
+    /tmp/simdvenv/bin/pip install -U "setuptools>=77" wheel
+    CC="cc -mavx2" /tmp/simdvenv/bin/pip install --no-deps --no-build-isolation \
+        pillow-simd==12.1.1.post0
+    PYTHONPATH=$PWD /tmp/simdvenv/bin/python -m jem_fast.bench.bench_augment --quick
+There the lightly rows become 'lightly_simd' (lightly on pillow-simd); in the default
+environment they are reported as skipped with that reason.
+
+    python -m jem_fast.bench.bench_augment --quick      # N = 8 (SimCLR), 4 (DINO); ~1 min
+    python -m jem_fast.bench.bench_augment --full       # N = 32 / 16, more rounds
+    python -m jem_fast.bench.bench_augment --device cuda   # batched, CUDA kernel, vs the CPU peers
 """
 from __future__ import annotations
 
-import math
+import gc
+import io
+import statistics
+import time
 
 import torch
 
 from jem_fast.augment import functional as AF
+from jem_fast.augment.data import MultiViewCollate, ViewTransform, decode_jpegs
 from jem_fast.augment.presets import DINOAugment, SimCLRAugment
-from jem_fast.reference.augment import augment_reference
+from jem_fast.augment.sampling import ViewConfig
 
-from .common import (MEMORY_METHODOLOGY, TIMING, TIMING_COLUMNS, benchmark_mode, benchmark_parser,
-                     dtype_name, format_table, log, measure_row, rss_probe, run_benchmark_main,
-                     targets_result, timing_cells)
+from .common import (CONTENDED_FRACTION, MEMORY_METHODOLOGY, TIMING_COLUMNS, benchmark_mode,
+                     benchmark_parser, cpu_times, format_table, log, other_cpu_fraction,
+                     summarize, targets_result, timing_cells)
 
 MODULE = "jem_fast.bench.bench_augment"
-HBM_CEILING_BYTES_PER_S = 4.3e12
-SIZE = 224
-BLUR_K = 23
-DINO_LOCAL_CROPS = 10
-CASES = ("simclr_2x224", "simclr_preset", "dino_preset")
-CASE_IMPLS = {"simclr_2x224": ("jem_fast", "torchvision", "eager"),
-              "simclr_preset": ("jem_fast", "torchvision", "kornia"),
-              "dino_preset": ("jem_fast", "torchvision", "kornia")}
-# Images per call; the DINO case makes 12 views per image and torchvision's per-sample DINO
-# pipeline takes about 1 s per image on 2 threads, so CPU --quick uses 4 images there (and 16
-# for SimCLR) to keep the main job short; --full uses 64.
-NUM_IMAGES = {
-    "simclr_2x224": {("cpu", "quick"): 16, ("cpu", "full"): 64, ("cuda", "quick"): 256,
-                     ("cuda", "full"): 256},
-    "simclr_preset": {("cpu", "quick"): 16, ("cpu", "full"): 64, ("cuda", "quick"): 256,
-                      ("cuda", "full"): 256},
-    "dino_preset": {("cpu", "quick"): 4, ("cpu", "full"): 64, ("cuda", "quick"): 256,
-                    ("cuda", "full"): 256},
-}
-# The per-sample baselines take seconds per call (CPU) and run every code path once per image:
-# they are warmed up by one call on a single image when built, then get fewer warm-up calls and
-# minimum repeats than jem_fast (none and 3 on CPU --quick, at most 2 and 3 elsewhere).
-BASELINE_TIMING = {("cpu", "quick"): {"warmup": 0, "min_repeats": 3},
-                   "default": {"warmup": 2, "min_repeats": 3}}
-# kornia on CPU: about 0.4 s per image for DINO's 10 local crops on 2 threads, so --quick on CPU
-# runs it for the SimCLR preset only.
-KORNIA_SKIP_QUICK_CPU = ("dino_preset",)
-# The float32 eager reference is as slow as torchvision per sample (seconds per call on CPU) and
-# is the correctness oracle rather than a baseline users run: --full only on CPU.
-EAGER_SKIP_QUICK_CPU = ("simclr_2x224",)
+RECIPES = ("simclr", "dino")
+DINO_LOCAL = 8
+NUM_IMAGES = {"quick": {"simclr": 8, "dino": 4}, "full": {"simclr": 32, "dino": 16}}
+ROUNDS = {"quick": 4, "full": 12}          # interleaved rounds (one call of each impl per round)
+STAGE_VIEWS = {"quick": 8, "full": 32}
+PEERS = ("lightly", "torchvision", "kornia", "dali")
+# kornia takes ~0.5 s per DINO image on one thread: --full only for DINO
+KORNIA_FULL_ONLY = ("dino",)
 
 METHODOLOGY = {
-    "inputs": "N uint8 images (3, H, W), H ~ U{333..400}, W ~ U{450..500}, smooth random "
-              "content, seeded; a list of separate tensors on the benchmark device; "
-              "simclr_2x224: each image appears twice in the 2N-view list (two views)",
-    "params": "simclr_2x224: per view, plain torch: crop area ~ U(0.08, 1) x H W, log-ratio ~ "
-              "U(log 3/4, log 4/3), one attempt then the whole image if it does not fit; flip p "
-              "0.5; jitter p 0.8 with brightness/contrast/saturation ~ U(0.2, 1.8), hue ~ "
-              "U(-0.2, 0.2), order = randperm(4); grayscale p 0.2; blur p 0.5 with sigma ~ "
-              "U(0.1, 2), k = 23 reflect; no solarize; bicubic; ImageNet normalize. Presets: "
-              "each implementation draws its own parameters inside the timed call (jem_fast: "
-              "Philox counter-based sampler, a fresh step each call; torchvision and kornia: "
-              "their own transforms' sampling from torch's global RNG), same distributions",
-    "impls": "simclr_2x224: jem_fast: one functional.augment call for all views; torchvision: "
-             "v2 functional per view on float32 (to_dtype, resized_crop antialias, "
-             "horizontal_flip, adjust_* in order, rgb_to_grayscale, gaussian_blur, normalize) "
-             "then torch.stack; eager: jem_fast.reference.augment.augment_reference("
-             "compute_dtype=float32)",
-    "simclr_preset": "jem_fast: SimCLRAugment(size=224, dtype=dtype)(images) -> 2 views (B, 3, "
-                     "224, 224); defaults: RandomResizedCrop scale (0.08, 1), ratio (3/4, 4/3), "
-                     "10 attempts + centre-crop fallback, bicubic; flip 0.5; ColorJitter(0.8, "
-                     "0.8, 0.8, 0.2) p 0.8 in random order; grayscale 0.2; blur p 0.5, sigma "
-                     "U(0.1, 2), k = simclr_blur_kernel_size(224) = 23, reflect padding; "
-                     "ImageNet normalize. torchvision: v2.Compose([RandomResizedCrop(224, (0.08, "
-                     "1), BICUBIC, antialias=True), RandomHorizontalFlip(0.5), RandomApply("
-                     "[ColorJitter(0.8, 0.8, 0.8, 0.2)], 0.8), RandomGrayscale(0.2), RandomApply("
-                     "[GaussianBlur(23, (0.1, 2))], 0.5), ToDtype(float32, scale=True), "
-                     "Normalize(ImageNet)]) built from the preset's ViewConfig, called once per "
-                     "image and view on the uint8 image, then torch.stack per view (and .to(dtype)"
-                     " where dtype is not float32)",
-    "dino_preset": "jem_fast: DINOAugment(num_local_crops=10, dtype=dtype)(images) -> 2 views "
-                   "(B, 3, 224, 224) + 10 views (B, 3, 96, 96); global: scale (0.4, 1), local: "
-                   "(0.05, 0.4), bicubic; flip 0.5, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, "
-                   "grayscale 0.2 on every crop; blur (k = 23, sigma U(0.1, 2), reflect) p 1.0 "
-                   "/ 0.1 / 0.5 (global 1 / global 2 / locals); solarize (threshold 0.5) p 0 / "
-                   "0.2 / 0. torchvision: DINO's DataAugmentationDINO in v2 transforms from the "
-                   "preset's ViewConfigs: per slot Compose([RandomResizedCrop(size, scale, "
-                   "BICUBIC, antialias=True), RandomHorizontalFlip, RandomApply([ColorJitter], "
-                   "0.8), RandomGrayscale(0.2), RandomApply([GaussianBlur(23, (0.1, 2))], p), "
-                   "RandomSolarize(threshold 0.5 * 255 on uint8, p), ToDtype(float32, scale="
-                   "True), Normalize]) per image and slot, stacked per slot",
-    "kornia": "kornia.augmentation.AugmentationSequential(RandomResizedCrop((s, s), scale, "
-              "ratio, resample='BICUBIC'), RandomHorizontalFlip, ColorJitter (torchvision's "
-              "formulas, random order), RandomGrayscale, RandomGaussianBlur((k, k), (0.1, 2), "
-              "'reflect'), RandomSolarize(thresholds=0, additions=0) where p > 0, Normalize) per "
-              "slot group. kornia batches need one input size and the images differ in size, "
-              "so it runs once per image on a batch of that image's views (the float [0, 1] "
-              "image expanded to 2 for SimCLR; for DINO global 1, global 2 and the 10 locals are "
-              "three calls since their parameters differ), then torch.stack per slot. Skipped "
-              "when kornia is not importable; on CPU --quick only the SimCLR preset runs it",
-    "differences_vs_torchvision": "same transforms, distributions, order (crop, flip, jitter, "
-                                  "grayscale, blur, solarize, normalize), kernel size and "
-                                  "padding; torchvision works on the uint8 image and rounds to "
-                                  "uint8 after the crop, each jitter step, the blur and "
-                                  "solarize (jem_fast computes in float and rounds nothing), "
-                                  "and torchvision's solarize compares the uint8 value with "
-                                  "127.5 (= 0.5 on [0, 1], as jem_fast) before ToDtype; "
-                                  "kornia's RandomResizedCrop has no antialiasing, so its "
-                                  "bicubic downscales of large crops alias (less work than "
-                                  "jem_fast and torchvision, which antialias)",
-    "time": "one call = all views of the N images (the presets: parameter sampling included); "
-            "the 'fwd+bwd ms' column is that call (no backward exists); views/s = views / "
-            "median; '/jf' = median / jem_fast median of the same case. Per-sample baselines "
-            "(torchvision, kornia, eager): one untimed call on a single image, then at most 2 "
-            "warm-up calls (none on CPU --quick) and at least 3 timed calls",
-    "bandwidth": "bytes = sum over output views of its source image's uint8 bytes (read once "
-                 "per view) + the bytes of every output view (3 * size^2 * itemsize; DINO: 2 x "
-                 "224^2 + 10 x 96^2 per image); hbm_fraction = bytes / median / 4.3e12 (CUDA); "
-                 "'within 4x of the floor' = hbm_fraction >= 25%",
-    "peak_extra_memory_cpu": "fresh child process: warm-up call on 1 small image set, then the "
-                             "inputs, malloc_trim, peak-RSS reset, one call; includes the output",
+    "inputs": "N images (3, H, W), H ~ U{333..400}, W ~ U{450..500}: bicubic upsampling of "
+              "random 12 x 16 colour fields plus Gaussian grain (sigma 6 / 255), seeded; "
+              "decoded: uint8 tensors (PIL images for lightly, HWC numpy for DALI); '+decode': "
+              "JPEG bytes from torchvision.io.encode_jpeg(quality=90)",
+    "recipes": "SimCLR: 2 x RandomResizedCrop(224, (0.08, 1), bicubic), flip 0.5, ColorJitter("
+               "0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5 sigma U(0.1, 2) (jem_fast, "
+               "torchvision, kornia, DALI: 23 taps; lightly: PIL GaussianBlur(radius=sigma)), "
+               "ImageNet normalize. DINO: 2 x 224 (0.4, 1) + 8 x 96 (0.05, 0.4), bicubic, "
+               "ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, blur 1.0 / 0.1 / 0.5, "
+               "solarize 0 / 0.2 / 0. lightly: SimCLRTransform() and DINOTransform("
+               "n_local_views=8) defaults, which are these",
+    "jem_fast": "per-image: ViewTransform(preset)(image) per image (list of views, as "
+                "__getitem__ returns); batched: MultiViewCollate(preset)(images) (list of "
+                "(N, 3, h, w) views); '+decode': decode_jpeg per image / MultiViewCollate("
+                "decode=True); parameters drawn inside every call (counter-based sampler)",
+    "peers": "lightly, torchvision, kornia: one call per image, all its views, as in a "
+             "Dataset; no collate stacking for anyone in the per-image case. DALI: one "
+             "pipeline run on the N images (DALI has no per-image mode), outputs copied to "
+             "numpy; its ratios are given against both jem_fast paths",
+    "time": "interleaved: each round calls every implementation once (order rotated per "
+            "round) after one warm-up call each; median over rounds of the wall time of one "
+            "call on the N images; ratio = peer median / jem_fast median of the same case; "
+            "views/s = views / median (one thread: per core)",
+    "overhead": "per-image call overhead: for each image, the ViewTransform call and its "
+                "kernel launches alone (the same merged inputs, precomputed) timed back to "
+                "back with the thread's CPU clock; median of the per-image differences",
+    "stages": "functional.augment on 224 views of the N images with: crop+resize+normalize "
+              "only; + brightness/contrast/saturation (factors U(0.2, 1.8)); + hue too "
+              "(U(-0.2, 0.2)); crop+resize + blur (sigma U(0.1, 2), k = 23, reflect). PIL: "
+              "the same crops with PIL resize (bicubic, reducing_gap=None), ImageEnhance "
+              "brightness/contrast/saturation and torchvision's PIL hue, "
+              "ImageFilter.GaussianBlur(sigma), then to_tensor + normalize. Stage cost = "
+              "time with the stage - crop-only time",
+    "differences": "lightly/PIL: uint8 rounding after every op, approximate blur (3 box "
+                   "passes), PIL's antialiased resampling; torchvision v2 on uint8: rounds "
+                   "to uint8 after each op; kornia: no antialiasing in RandomResizedCrop; "
+                   "DALI: fixed jitter order, contrast around a fixed pivot, no per-op "
+                   "clamping (so less work than exact torchvision semantics)",
+    "memory": "not measured in this family (the output views dominate: views x 3 x h x w x 4 "
+              "bytes)",
     **MEMORY_METHODOLOGY,
 }
 
 
-def make_images(n, device, seed=0):
+# ------------------------------------------------------------------------------ inputs
+
+def make_images(n, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = []
-    for i in range(n):
+    for _ in range(n):
         h = int(torch.randint(333, 401, (1,), generator=g))
         w = int(torch.randint(450, 501, (1,), generator=g))
-        yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
-        phase = torch.rand(3, 1, 1, generator=g) * 6.28
-        base = 0.5 + 0.4 * torch.sin(7 * xx + 3 * yy + phase) * torch.cos(5 * yy - 2 * xx + i)
-        img = (255 * (base + 0.05 * torch.randn(3, h, w, generator=g))).clamp(0, 255)
-        images.append(img.to(torch.uint8).to(device))
-    return images, g
+        field = torch.rand(1, 3, 12, 16, generator=g)
+        smooth = torch.nn.functional.interpolate(field, size=(h, w), mode="bicubic",
+                                                 align_corners=False)[0]
+        img = 255 * smooth + 6 * torch.randn(3, h, w, generator=g)
+        images.append(img.clamp(0, 255).round().to(torch.uint8))
+    return images
 
 
-def make_inputs(n, device, seed=0):
-    images, g = make_images(n, device, seed)
-    views = images + images
-    return views, draw_params([tuple(im.shape[1:]) for im in views], g, device)
+def encode_jpegs(images):
+    from torchvision.io import encode_jpeg
+    return [bytes(encode_jpeg(im, quality=90).numpy()) for im in images]
 
 
-def draw_params(sizes, g, device):
-    n = len(sizes)
-    crops = []
-    for h, w in sizes:
-        area = h * w * (0.08 + 0.92 * float(torch.rand(1, generator=g)))
-        log_r = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * float(torch.rand(1, generator=g))
-        cw, ch = round(math.sqrt(area * math.exp(log_r))), round(math.sqrt(area / math.exp(log_r)))
-        if not (0 < cw <= w and 0 < ch <= h):
-            ch, cw = h, w
-        top = int(torch.randint(0, h - ch + 1, (1,), generator=g))
-        left = int(torch.randint(0, w - cw + 1, (1,), generator=g))
-        crops.append([top, left, ch, cw])
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
-    blur = torch.rand(n, generator=g) < 0.5
-    params = {
-        "crop": torch.tensor(crops, dtype=torch.int64),
-        "flip": torch.rand(n, generator=g) < 0.5,
-        "jitter": torch.rand(n, generator=g) < 0.8,
-        "brightness": u(0.2, 1.8), "contrast": u(0.2, 1.8), "saturation": u(0.2, 1.8),
-        "hue": u(-0.2, 0.2),
-        "order": torch.stack([torch.randperm(4, generator=g) for _ in range(n)]),
-        "grayscale": torch.rand(n, generator=g) < 0.2,
-        "blur_sigma": torch.where(blur, u(0.1, 2.0), torch.zeros(n)),
-        "solarize": torch.zeros(n, dtype=torch.bool),
-    }
-    return {k: v.to(device) for k, v in params.items()}
+def make_preset(recipe):
+    if recipe == "simclr":
+        return SimCLRAugment()
+    return DINOAugment(num_local_crops=DINO_LOCAL)
 
 
-def torchvision_available():
+def views_per_image(recipe):
+    return 2 if recipe == "simclr" else 2 + DINO_LOCAL
+
+
+# ------------------------------------------------------------------------------ peers
+
+def pillow_is_simd():
     try:
-        import torchvision  # noqa: F401
-        from torchvision.transforms.v2 import functional  # noqa: F401
-        return True
-    except Exception:  # noqa: BLE001 - any import problem means "not available"
+        import PIL
+        return ".post" in PIL.__version__ or "simd" in getattr(PIL, "__file__", "")
+    except ImportError:
         return False
 
 
-def torchvision_views(views, params, dtype):
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
-    cpu = {k: v.cpu().tolist() for k, v in params.items()}
-    outs = []
-    for i, img in enumerate(views):
-        x = TF.to_dtype(img, torch.float32, scale=True)
-        x = TF.resized_crop(x, *cpu["crop"][i], [SIZE, SIZE],
-                            interpolation=InterpolationMode.BICUBIC, antialias=True)
-        if cpu["flip"][i]:
-            x = TF.horizontal_flip(x)
-        if cpu["jitter"][i]:
-            for op in cpu["order"][i]:
-                if op == 0:
-                    x = TF.adjust_brightness(x, cpu["brightness"][i])
-                elif op == 1:
-                    x = TF.adjust_contrast(x, cpu["contrast"][i])
-                elif op == 2:
-                    x = TF.adjust_saturation(x, cpu["saturation"][i])
-                else:
-                    x = TF.adjust_hue(x, cpu["hue"][i])
-        if cpu["grayscale"][i]:
-            x = TF.rgb_to_grayscale(x, num_output_channels=3)
-        if cpu["blur_sigma"][i] > 0:
-            s = cpu["blur_sigma"][i]
-            x = TF.gaussian_blur(x, [BLUR_K, BLUR_K], [s, s])
-        outs.append(TF.normalize(x, list(AF.IMAGENET_MEAN), list(AF.IMAGENET_STD)))
-    return torch.stack(outs).to(dtype)
-
-
-def impl_fn(impl, dtype):
-    if impl == "jem_fast":
-        return lambda v, p: AF.augment(v, p, SIZE, interpolation="bicubic", dtype=dtype,
-                                       blur_kernel_size=BLUR_K, blur_padding="reflect")
-    if impl == "torchvision":
-        return lambda v, p: torchvision_views(v, p, dtype)
-    return lambda v, p: augment_reference(v, p, SIZE, interpolation="bicubic", dtype=dtype,
-                                          blur_kernel_size=BLUR_K, blur_padding="reflect",
-                                          compute_dtype=torch.float32)
-
-
-def check_correctness(dtype, device):
-    """jem_fast against the float64 reference and (when importable) torchvision, 8 views."""
-    views, params = make_inputs(4, device, seed=1)
-    got = impl_fn("jem_fast", torch.float32)(views, params).double().cpu()
-    ref = augment_reference(views, params, SIZE, blur_kernel_size=BLUR_K).double()
-    out = {"max_abs_err_vs_float64_reference": float(f"{(got - ref).abs().max().item():.3g}")}
-    if torchvision_available():
-        tv = torchvision_views(views, params, torch.float32).double().cpu()
-        out["max_abs_err_vs_torchvision_float32"] = float(f"{(got - tv).abs().max().item():.3g}")
-    # normalized outputs: 1e-4 on the [0, 1] scale is 1e-4 / 0.225 here
-    if not out["max_abs_err_vs_float64_reference"] <= 1e-4 / 0.225:
-        raise SystemExit(f"ABORT: jem_fast augment does not match the reference: {out}")
-    return out
-
-
-def traffic_bytes(views, itemsize):
-    return sum(v.numel() for v in views) + len(views) * 3 * SIZE * SIZE * itemsize
-
-
-
-
-# --------------------------------------------------------------------------------------------
-# The presets (simclr_preset, dino_preset)
-# --------------------------------------------------------------------------------------------
-
-def make_preset(case, dtype):
-    if case == "simclr_preset":
-        return SimCLRAugment(size=SIZE, dtype=dtype)
-    return DINOAugment(num_local_crops=DINO_LOCAL_CROPS, dtype=dtype)
-
-
-def slot_groups(configs):
-    """[(config, [slot indices])] in order of first appearance (slots with equal configs)."""
-    groups = {}
-    for i, c in enumerate(configs):
-        groups.setdefault(c, []).append(i)
-    return list(groups.items())
+def lightly_transform(recipe):
+    from lightly.transforms import DINOTransform, SimCLRTransform
+    if recipe == "simclr":
+        return SimCLRTransform(input_size=224)
+    return DINOTransform(n_local_views=DINO_LOCAL)
 
 
 def torchvision_transform(cfg):
-    """The torchvision v2 per-sample pipeline of one preset slot (see METHODOLOGY)."""
+    """The torchvision v2 per-sample pipeline of one preset slot."""
     from torchvision.transforms import InterpolationMode, v2
     interp = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
     steps = [v2.RandomResizedCrop(cfg.size, scale=cfg.scale, ratio=cfg.ratio,
@@ -300,7 +181,7 @@ def torchvision_transform(cfg):
                                                     cfg.saturation, cfg.hue)], p=cfg.jitter_p))
     if cfg.grayscale_p > 0:
         steps.append(v2.RandomGrayscale(p=cfg.grayscale_p))
-    if cfg.blur_p > 0:  # torchvision's GaussianBlur pads with 'reflect' (the presets' default)
+    if cfg.blur_p > 0:
         steps.append(v2.RandomApply([v2.GaussianBlur(cfg.blur_kernel_size,
                                                      sigma=cfg.blur_sigma)], p=cfg.blur_p))
     if cfg.solarize_p > 0:  # on uint8: x >= 255 * t is x / 255 >= t
@@ -310,31 +191,14 @@ def torchvision_transform(cfg):
     return v2.Compose(steps)
 
 
-def torchvision_preset_fn(case, dtype):
-    configs = make_preset(case, dtype).views
-    transforms = {cfg: torchvision_transform(cfg) for cfg, _ in slot_groups(configs)}
-    slots = [transforms[cfg] for cfg in configs]
-
-    def fn(images):
-        outs = [[] for _ in slots]
-        for img in images:  # a Dataset's __getitem__: every view of one sample
-            for out, transform in zip(outs, slots):
-                out.append(transform(img))
-        return [torch.stack(o).to(dtype) for o in outs]  # the DataLoader's collate
-    return fn
+def slot_groups(configs):
+    groups = {}
+    for i, c in enumerate(configs):
+        groups.setdefault(c, []).append(i)
+    return list(groups.items())
 
 
-def kornia_available():
-    """(True, version) or (False, why)."""
-    try:
-        import kornia
-        import kornia.augmentation  # noqa: F401
-        return True, kornia.__version__
-    except Exception as exc:  # noqa: BLE001 - any import problem means "not available"
-        return False, f"kornia not importable ({type(exc).__name__}: {str(exc)[:80]})"
-
-
-def kornia_sequential(cfg, device):
+def kornia_sequential(cfg):
     import kornia.augmentation as K
     steps = [K.RandomResizedCrop((cfg.size, cfg.size), scale=cfg.scale, ratio=cfg.ratio,
                                  resample=cfg.interpolation.upper()),
@@ -348,246 +212,645 @@ def kornia_sequential(cfg, device):
         k = cfg.blur_kernel_size
         steps.append(K.RandomGaussianBlur((k, k), cfg.blur_sigma, border_type=cfg.blur_padding
                                           .replace("zeros", "constant"), p=cfg.blur_p))
-    if cfg.solarize_p > 0:  # kornia's threshold is 0.5 + U(-thresholds, thresholds)
+    if cfg.solarize_p > 0:
         steps.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=cfg.solarize_p))
-    steps.append(K.Normalize(mean=torch.tensor(cfg.mean, device=device),
-                             std=torch.tensor(cfg.std, device=device)))
-    return K.AugmentationSequential(*steps).to(device)
+    steps.append(K.Normalize(mean=torch.tensor(cfg.mean), std=torch.tensor(cfg.std)))
+    return K.AugmentationSequential(*steps)
 
 
-def kornia_preset_fn(case, dtype, device):
-    configs = make_preset(case, dtype).views
-    groups = [(kornia_sequential(cfg, device), slots) for cfg, slots in slot_groups(configs)]
+def dali_pipeline(recipe, batch, decode):
+    """DALI's CPU pipeline of the recipe: one output per view slot."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
 
-    def fn(images):
+    configs = make_preset(recipe).views
+    mean = [255 * m for m in configs[0].mean]
+    std = [255 * s for s in configs[0].std]
+
+    def view(images, cfg):
+        x = fn.random_resized_crop(images, size=(cfg.size, cfg.size), random_area=cfg.scale,
+                                   random_aspect_ratio=cfg.ratio, interp_type=types.INTERP_CUBIC,
+                                   antialias=True)
+        if fn.random.coin_flip(probability=cfg.jitter_p):
+            b, c, s, h = cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue
+            x = fn.brightness_contrast(x, brightness=fn.random.uniform(range=(1 - b, 1 + b)),
+                                       contrast=fn.random.uniform(range=(1 - c, 1 + c)))
+            x = fn.hsv(x, hue=fn.random.uniform(range=(-360 * h, 360 * h)),
+                       saturation=fn.random.uniform(range=(1 - s, 1 + s)))
+        if fn.random.coin_flip(probability=cfg.grayscale_p):
+            x = fn.hsv(x, saturation=0.0)
+        if cfg.blur_p > 0 and fn.random.coin_flip(probability=cfg.blur_p):
+            x = fn.gaussian_blur(x, window_size=cfg.blur_kernel_size,
+                                 sigma=fn.random.uniform(range=cfg.blur_sigma))
+        if cfg.solarize_p > 0 and fn.random.coin_flip(probability=cfg.solarize_p):
+            x = fn.cast(x, dtype=types.INT16)
+            x = fn.cast(x + (255 - 2 * x) * (x >= 128), dtype=types.UINT8)
+        return fn.crop_mirror_normalize(x, mirror=fn.random.coin_flip(probability=cfg.flip_p),
+                                        dtype=types.FLOAT, output_layout="CHW", mean=mean,
+                                        std=std)
+
+    @pipeline_def(batch_size=batch, num_threads=1, device_id=None, enable_conditionals=True,
+                  prefetch_queue_depth=1, seed=1)
+    def pipe():
+        if decode:
+            data = fn.external_source(name="data", batch=True, dtype=types.UINT8)
+            images = fn.decoders.image(data, device="cpu", output_type=types.RGB)
+        else:
+            images = fn.external_source(name="data", batch=True, layout="HWC")
+        return tuple(view(images, cfg) for cfg in configs)
+
+    p = pipe()
+    p.build()
+    return p
+
+
+def dali_available():
+    try:
+        import nvidia.dali  # noqa: F401
+        import nvidia.dali.fn  # noqa: F401
+        return True, nvidia.dali.__version__
+    except Exception as exc:  # noqa: BLE001 - any import problem means "not available"
+        return False, f"nvidia-dali not importable ({type(exc).__name__}: {str(exc)[:80]})"
+
+
+def peer_status(impl, recipe, mode):
+    """(available, version or the skip note)."""
+    if impl == "lightly":
+        if pillow_is_simd():
+            return False, ("pillow-simd is installed here: see the lightly_simd row")
         try:
-            outs = [[] for _ in configs]
-            for img in images:  # kornia needs one size per batch: one image's views per call
-                x = img.unsqueeze(0).float().div_(255)
-                for seq, slots in groups:
-                    y = seq(x.expand(len(slots), -1, -1, -1))
-                    for j, s in enumerate(slots):
-                        outs[s].append(y[j])
-            return [torch.stack(o).to(dtype) for o in outs]
-        except RuntimeError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - an API mismatch of another kornia version
-            raise RuntimeError(f"kornia failed: {type(exc).__name__}: {exc}") from exc
-    return fn
-
-
-def case_inputs(case, n, device, seed=0):
-    """The positional arguments of one call of the case's implementations."""
-    if case == "simclr_2x224":
-        return make_inputs(n, device, seed)
-    return (make_images(n, device, seed)[0],)
-
-
-def case_fn(case, impl, dtype, device):
-    if case == "simclr_2x224":
-        return impl_fn(impl, dtype)
-    if impl == "jem_fast":
-        return make_preset(case, dtype)
+            import lightly  # noqa: F401
+            from lightly.transforms import DINOTransform, SimCLRTransform  # noqa: F401
+            import PIL
+            return True, f"lightly {lightly.__version__}, Pillow {PIL.__version__}"
+        except Exception as exc:  # noqa: BLE001
+            return False, f"lightly not importable ({type(exc).__name__}: {str(exc)[:80]})"
+    if impl == "lightly_simd":
+        if not pillow_is_simd():
+            return False, ("pillow-simd not installed (it replaces Pillow: measure it from its "
+                           "own venv, see the module docstring)")
+        import PIL
+        return True, f"pillow-simd {PIL.__version__}"
     if impl == "torchvision":
-        return torchvision_preset_fn(case, dtype)
-    return kornia_preset_fn(case, dtype, device)
+        try:
+            import torchvision
+            from torchvision.transforms import v2  # noqa: F401
+            return True, f"torchvision {torchvision.__version__}"
+        except Exception as exc:  # noqa: BLE001
+            return False, f"torchvision not importable ({type(exc).__name__}: {str(exc)[:80]})"
+    if impl == "kornia":
+        try:
+            import kornia
+            import kornia.augmentation  # noqa: F401
+        except Exception as exc:  # noqa: BLE001
+            return False, f"kornia not importable ({type(exc).__name__}: {str(exc)[:80]})"
+        if mode == "quick" and recipe in KORNIA_FULL_ONLY:
+            return False, "skipped in --quick (about 0.5 s per DINO image); run --full"
+        return True, f"kornia {kornia.__version__}"
+    if impl == "dali":
+        ok, what = dali_available()
+        return ok, (f"nvidia-dali {what}" if ok else what)
+    raise ValueError(impl)
 
 
-def check_preset(case, dtype, device):
-    """The preset on 2 images: the views' shapes, dtype and finiteness, and that they equal
-    functional.augment under the parameters the preset sampled (the sampling + kernel path)."""
-    aug = make_preset(case, dtype)
-    images = make_images(2, device, seed=3)[0]
-    views, params = aug(images, seed=7, return_params=True)
-    err = 0.0
-    for v, cfg, p in zip(views, aug.views, params):
-        want = (2, 3, cfg.size, cfg.size)
-        if tuple(v.shape) != want or v.dtype != dtype or not bool(v.isfinite().all()):
-            raise SystemExit(f"ABORT: {case}: a view has shape {tuple(v.shape)} {v.dtype}, "
-                             f"expected {want} {dtype}, or is not finite")
-        ref = AF.augment(images, p, cfg.size, interpolation=cfg.interpolation, dtype=dtype,
-                         blur_kernel_size=cfg.blur_kernel_size, blur_padding=cfg.blur_padding,
-                         solarize_threshold=cfg.solarize_threshold)
-        err = max(err, (v.double() - ref.double()).abs().max().item())
-    if err != 0.0:
-        raise SystemExit(f"ABORT: {case}: the preset differs from functional.augment under its "
-                         f"own parameters by {err:.3g}")
-    return {"case": case, "views": len(views), "max_abs_diff_vs_functional_augment": err}
+def peer_fn(impl, recipe, data, decode):
+    """A zero-argument callable: the peer on all N images (data: dict of the input forms)."""
+    configs = make_preset(recipe).views
+    if impl in ("lightly", "lightly_simd"):
+        from PIL import Image
+        transform = lightly_transform(recipe)
+        if decode:
+            return lambda: [transform(Image.open(io.BytesIO(b)).convert("RGB"))
+                            for b in data["jpeg"]]
+        return lambda: [transform(im) for im in data["pil"]]
+    if impl == "torchvision":
+        slots = [torchvision_transform(cfg) for cfg in configs]
+        if decode:
+            return lambda: [[t(im) for t in slots] for im in decode_jpegs(data["jpeg"])]
+        return lambda: [[t(im) for t in slots] for im in data["tensor"]]
+    if impl == "kornia":
+        groups = [(kornia_sequential(cfg), idx) for cfg, idx in slot_groups(configs)]
+
+        def one(img):
+            x = img.unsqueeze(0).float().div_(255)
+            out = [None] * len(configs)
+            for seq, idx in groups:
+                y = seq(x.expand(len(idx), -1, -1, -1))
+                for j, s in enumerate(idx):
+                    out[s] = y[j]
+            return out
+        if decode:
+            return lambda: [one(im) for im in decode_jpegs(data["jpeg"])]
+        return lambda: [one(im) for im in data["tensor"]]
+    if impl == "dali":
+        import numpy as np
+        pipe = dali_pipeline(recipe, len(data["tensor"]), decode)
+        feed = data["jpeg_np"] if decode else data["hwc"]
+
+        def run():
+            pipe.feed_input("data", feed)
+            return [np.asarray(out.as_tensor()) for out in pipe.run()]
+        return run
+    raise ValueError(impl)
 
 
-def preset_traffic_bytes(case, images, itemsize):
-    configs = make_preset(case, torch.float32).views
-    src = sum(im.numel() for im in images)
-    return len(configs) * src + len(images) * sum(3 * c.size ** 2 for c in configs) * itemsize
+def jem_fast_fn(path, recipe, data, decode):
+    if path == "per_image":
+        transform = ViewTransform(make_preset(recipe))
+        if decode:
+            return lambda: [transform(im) for im in decode_jpegs(data["jpeg"])]
+        return lambda: [transform(im) for im in data["tensor"]]
+    collate = MultiViewCollate(make_preset(recipe), decode=decode)
+    return lambda: collate(data["jpeg"] if decode else data["tensor"])
 
 
-def memory_probe(spec):
-    torch.set_num_threads(spec["threads"])
-    dtype = getattr(torch, spec["dtype"])
-    case = spec.get("case", "simclr_2x224")
-    fn = case_fn(case, spec["impl"], dtype, "cpu")
-    small = case_inputs(case, 1, "cpu", seed=5)
-    return rss_probe(lambda: case_inputs(case, spec["n"], "cpu"), fn, warmup=lambda: fn(*small))
+# ------------------------------------------------------------------------------ timing
+
+def interleaved(fns, rounds):
+    """{name: [seconds per call]}: one warm-up call each, then `rounds` rounds calling every fn
+    once, the order rotated each round so that no impl always follows the same one."""
+    names = list(fns)
+    for name in names:
+        fns[name]()
+    gc.collect()
+    samples = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - t0)
+    return samples
 
 
-# --------------------------------------------------------------------------------------------
-# The run
-# --------------------------------------------------------------------------------------------
+def per_image_overhead(recipe, images, repeats):
+    """Median over images and repeats of (ViewTransform call - its kernel launches alone), in
+    thread CPU seconds (see METHODOLOGY['overhead'])."""
+    preset = make_preset(recipe)
+    transform = ViewTransform(preset)
+    launches = []
+
+    class Recorder:
+        @staticmethod
+        def augment_sampled(imgs, params, size, **options):
+            launches.append((imgs, params, size, options))
+            return AF.augment_sampled(imgs, params, size, **options)
+
+    def kernel_only(calls):
+        for imgs, params, size, o in calls:
+            AF._launch(imgs, params, size, size, o["input_layout"] == "HWC", o["interpolation"],
+                       o["blur_kernel_size"], o["blur_padding"], o["solarize_threshold"],
+                       list(o["mean"]), list(o["std"]), o["dtype"], o["channels_last"])
+
+    diffs, calls_per_image = [], 0
+    for img in images:
+        # the parameters the transform draws right after set_epoch(0), and their launches
+        transform.set_epoch(0)
+        key, offset = transform._stream.take(1)
+        launches.clear()
+        preset._apply(Recorder, [img], [tuple(img.shape[1:])], None, img.device, key, offset,
+                      False, "CHW")
+        calls = list(launches)
+        calls_per_image = len(calls)
+        for _ in range(repeats + 1):  # the first pair warms up
+            transform.set_epoch(0)
+            t0 = time.thread_time()
+            transform(img)
+            t1 = time.thread_time()
+            kernel_only(calls)
+            t2 = time.thread_time()
+            diffs.append((t1 - t0) - (t2 - t1))
+        diffs.pop(-repeats - 1)
+    return statistics.median(diffs), calls_per_image
+
+
+# ------------------------------------------------------------------------------ stages
+
+STAGES = ("crop", "jitter_no_hue", "jitter_hue", "blur")
+
+
+def stage_params(images, stage, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sizes = [tuple(im.shape[1:]) for im in images]
+    cfg = ViewConfig(scale=(0.08, 1.0))
+    from jem_fast.augment.sampling import sample_view_params
+    p = sample_view_params(sizes, seed, 0, cfg)
+    n = len(images)
+    u = lambda lo, hi: (lo + (hi - lo) * torch.rand(n, generator=g)).float()  # noqa: E731
+    out = {"crop": p["crop"], "flip": torch.zeros(n, dtype=torch.bool)}
+    if stage in ("jitter_no_hue", "jitter_hue"):
+        out.update(jitter=torch.ones(n, dtype=torch.bool), brightness=u(0.2, 1.8),
+                   contrast=u(0.2, 1.8), saturation=u(0.2, 1.8), order=p["order"])
+        if stage == "jitter_hue":
+            out["hue"] = u(-0.2, 0.2)
+    if stage == "blur":
+        out["blur_sigma"] = u(0.1, 2.0)
+    return out
+
+
+def pil_stage_fn(images_pil, params, stage):
+    from PIL import ImageEnhance, ImageFilter
+    from torchvision.transforms import functional as TF
+    from PIL import Image
+    cpu = {k: v.tolist() for k, v in params.items()}
+    mean, std = list(AF.IMAGENET_MEAN), list(AF.IMAGENET_STD)
+
+    def run():
+        out = []
+        for i, im in enumerate(images_pil):
+            top, left, h, w = cpu["crop"][i]
+            x = im.resize((224, 224), Image.BICUBIC, box=(left, top, left + w, top + h))
+            if stage in ("jitter_no_hue", "jitter_hue"):
+                x = ImageEnhance.Brightness(x).enhance(cpu["brightness"][i])
+                x = ImageEnhance.Contrast(x).enhance(cpu["contrast"][i])
+                x = ImageEnhance.Color(x).enhance(cpu["saturation"][i])
+                if stage == "jitter_hue":
+                    x = TF.adjust_hue(x, cpu["hue"][i])
+            if stage == "blur":
+                x = x.filter(ImageFilter.GaussianBlur(radius=cpu["blur_sigma"][i]))
+            out.append(TF.normalize(TF.to_tensor(x), mean, std))
+        return out
+    return run
+
+
+# ------------------------------------------------------------------------------ the run
+
+def base_row(recipe, case, impl, n, views, label):
+    return {"op": recipe, "case": case, "label": label, "images": n, "views": views,
+            "dtype": "float32", "impl": impl, "status": "ok", "note": "",
+            "peak_extra_mb": "n/a"}
+
+
+def finish(rows, samples, jf_names):
+    """Fill timing fields; ratios against each row's jem_fast reference (jf_names[row id])."""
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        row["fwd_bwd"] = summarize(samples[row["_key"]])
+        med_s = row["fwd_bwd"]["median_ms"] / 1e3
+        row["views_per_s"] = round(row["views"] / med_s, 1)
+    by_key = {r["_key"]: r for r in rows if r["status"] == "ok"}
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        jf = by_key.get(jf_names[id(row)])
+        row["fwd_bwd_vs_jem_fast"] = (round(row["fwd_bwd"]["median_ms"]
+                                            / jf["fwd_bwd"]["median_ms"], 2) if jf else None)
+
+
+def run_recipe(recipe, args, mode, data):
+    n = len(data["tensor"])
+    views = n * views_per_image(recipe)
+    rows, fns, refs = [], {}, {}
+    for decode in (False, True):
+        tag = "+decode" if decode else ""
+        for path in ("per_image", "batched"):
+            key = f"jem_fast {path}{tag}"
+            fns[key] = jem_fast_fn(path, recipe, data, decode)
+        for impl in ("lightly", "lightly_simd") + PEERS[1:]:
+            ok, what = peer_status(impl, recipe, mode)
+            key = f"{impl}{tag}"
+            if ok:
+                try:
+                    fns[key] = peer_fn(impl, recipe, data, decode)
+                except Exception as exc:  # noqa: BLE001 - a peer's API mismatch is a result
+                    ok, what = False, f"{impl} failed to build: {type(exc).__name__}: {exc}"[:160]
+            for path in ("per_image", "batched"):
+                label = f"{recipe} {path.replace('_', '-')}{tag} N={n}"
+                row = base_row(recipe, f"{path}{tag}", impl, n, views, label)
+                row["_key"] = key
+                if ok:
+                    row["version"] = what
+                else:
+                    row.update(status="skipped", note=what)
+                rows.append(row)
+                refs[id(row)] = f"jem_fast {path}{tag}"
+        for path in ("per_image", "batched"):
+            label = f"{recipe} {path.replace('_', '-')}{tag} N={n}"
+            row = base_row(recipe, f"{path}{tag}", "jem_fast", n, views, label)
+            row["_key"] = f"jem_fast {path}{tag}"
+            refs[id(row)] = row["_key"]
+            rows.insert(0, row)
+    log(f"[augment {recipe}: N={n} images, {views} views per call] {len(fns)} implementations "
+        f"x {ROUNDS[mode]} interleaved rounds")
+    before = cpu_times()
+    failed = {}
+    safe = {}
+    for key, fn in fns.items():
+        def guarded(fn=fn, key=key):
+            if key in failed:
+                return None
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - a peer failing mid-run is a result
+                if key.startswith("jem_fast"):
+                    raise
+                failed[key] = f"{type(exc).__name__}: {exc}"[:160]
+        safe[key] = guarded
+    samples = interleaved(safe, ROUNDS[mode])
+    contended = other_cpu_fraction(before, cpu_times())
+    for row in rows:
+        if row["status"] == "ok" and row["_key"] in failed:
+            row.update(status="n/a", note=f"failed: {failed[row['_key']]}")
+    finish(rows, samples, refs)
+    for row in rows:
+        row["other_cpu_fraction"] = contended
+        if (contended or 0.0) > CONTENDED_FRACTION and row["status"] == "ok":
+            row["note"] = (f"CONTENDED: other processes used {100 * contended:.0f}% of the CPUs "
+                           "while timing " + row["note"]).strip()
+    # one order for the tables: cases, jem_fast first in each
+    order = {c: i for i, c in enumerate(["per_image", "batched", "per_image+decode",
+                                         "batched+decode"])}
+    rows.sort(key=lambda r: (order[r["case"]], r["impl"] != "jem_fast"))
+    for row in rows:
+        row.pop("_key", None)
+    return rows
+
+
+def run_stages(args, mode, images, pil_images):
+    n = len(images)
+    fns, rows, refs = {}, [], {}
+    for stage in STAGES:
+        params = stage_params(images, stage)
+        fns[f"jem_fast {stage}"] = (lambda p=params: AF.augment(images, p, 224,
+                                                                blur_kernel_size=23))
+        fns[f"pillow {stage}"] = pil_stage_fn(pil_images, params, stage)
+        label = f"stage {stage.replace('_', ' ')} 224 N={n}"
+        for impl in ("jem_fast", "pillow"):
+            row = base_row("stages", f"stage_{stage}", impl, n, n, label)
+            row["_key"] = f"{impl} {stage}"
+            refs[id(row)] = f"jem_fast {stage}"
+            rows.append(row)
+    log(f"[augment stages: {n} views of 224] {len(fns)} timings x {ROUNDS[mode] * 2} rounds")
+    before = cpu_times()
+    samples = interleaved(fns, ROUNDS[mode] * 2)
+    contended = other_cpu_fraction(before, cpu_times())
+    finish(rows, samples, refs)
+    for row in rows:
+        row["other_cpu_fraction"] = contended
+        row.pop("_key", None)
+    return rows
+
+
+def stage_costs(rows):
+    """{impl: {stage: ms per view}}: stage time minus the crop-only time of the same impl."""
+    out = {}
+    for impl in ("jem_fast", "pillow"):
+        t = {r["case"][len("stage_"):]: r["fwd_bwd"]["median_ms"] / r["views"]
+             for r in rows if r["impl"] == impl and r["status"] == "ok"}
+        if "crop" not in t:
+            continue
+        out[impl] = {"crop_resize_normalize": round(t["crop"], 4)}
+        for stage in STAGES[1:]:
+            if stage in t:
+                out[impl][stage] = round(t[stage] - t["crop"], 4)
+        if "jitter_hue" in t and "jitter_no_hue" in t:
+            out[impl]["hue"] = round(t["jitter_hue"] - t["jitter_no_hue"], 4)
+    return out
+
+
+def check_correctness(images):
+    """The presets' views equal functional.augment under their own parameters, the per-image
+    transform equals the batched collate, and the float64 reference agrees."""
+    from jem_fast.reference.augment import augment_reference
+    checks = []
+    for recipe in RECIPES:
+        preset = make_preset(recipe)
+        views, params = preset(images[:2], seed=7, return_params=True)
+        err = 0.0
+        for v, cfg, p in zip(views, preset.views, params):
+            ref = augment_reference(images[:2], p, cfg.size, interpolation=cfg.interpolation,
+                                    blur_kernel_size=cfg.blur_kernel_size,
+                                    blur_padding=cfg.blur_padding,
+                                    solarize_threshold=cfg.solarize_threshold)
+            err = max(err, (v.double() - ref.double()).abs().max().item())
+        if not err <= 1e-4 / 0.225:
+            raise SystemExit(f"ABORT: {recipe}: jem_fast differs from the float64 reference by "
+                             f"{err:.3g}")
+        transform = ViewTransform(make_preset(recipe), seed=3)
+        per_image = [transform(im) for im in images[:2]]
+        batched = MultiViewCollate(make_preset(recipe), seed=3)(images[:2])
+        same = all(torch.equal(p[s], batched[s][i]) for i, p in enumerate(per_image)
+                   for s in range(len(batched)))
+        if not same:
+            raise SystemExit(f"ABORT: {recipe}: the per-image transform differs from the "
+                             "batched collate")
+        checks.append({"recipe": recipe, "views": len(views),
+                       "max_abs_err_vs_float64_reference": float(f"{err:.3g}"),
+                       "per_image_equals_batched": same})
+    return checks
+
+
+def thread_scaling(recipe, images, threads, rounds):
+    """Batched call at 1 thread and at `threads` threads, interleaved (information)."""
+    collate = MultiViewCollate(make_preset(recipe))
+
+    def at(k):
+        def fn():
+            torch.set_num_threads(k)
+            try:
+                collate(images)
+            finally:
+                torch.set_num_threads(1)
+        return fn
+    samples = interleaved({1: at(1), threads: at(threads)}, rounds)
+    med = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+    return {"recipe": recipe, "images": len(images), "threads": threads,
+            "ms_1_thread": round(med[1], 2), f"ms_{threads}_threads": round(med[threads], 2),
+            "speedup": round(med[1] / med[threads], 2)}
+
+
+CUDA_IMAGES = {"simclr": 256, "dino": 64}
+
+
+def run_on_device(args, mode, device):
+    """--device cuda: the batched call on images already on the GPU (after the transfer) against
+    torchvision v2 and kornia per image on the same GPU tensors; CUDA-synchronized timings."""
+    rows = []
+    images_all = [im.to(device) for im in make_images(max(CUDA_IMAGES.values()), seed=0)]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for recipe in RECIPES:
+        n = CUDA_IMAGES[recipe] if device == "cuda" else 2
+        images = images_all[:n]
+        views = n * views_per_image(recipe)
+        preset = make_preset(recipe)
+        configs = preset.views
+        fns, case_rows = {}, []
+
+        def timed(fn):
+            def call():
+                fn()
+                sync()
+            return call
+        fns["jem_fast"] = timed(lambda: preset(images))
+        label = f"{recipe} batched {device} N={n}"
+        for impl in ("jem_fast", "torchvision", "kornia"):
+            row = base_row(recipe, f"batched_{device}", impl, n, views, label)
+            row["_key"] = impl
+            if impl != "jem_fast":
+                ok, what = peer_status(impl, recipe, "full")
+                if ok:
+                    if impl == "torchvision":
+                        slots = [torchvision_transform(cfg) for cfg in configs]
+                        fns[impl] = timed(lambda slots=slots: [[t(im) for t in slots]
+                                                              for im in images])
+                    else:
+                        groups = [(kornia_sequential(cfg).to(device), idx)
+                                  for cfg, idx in slot_groups(configs)]
+
+                        def kornia_all(groups=groups):
+                            for img in images:
+                                x = img.unsqueeze(0).float().div_(255)
+                                for seq, idx in groups:
+                                    seq(x.expand(len(idx), -1, -1, -1))
+                        fns[impl] = timed(kornia_all)
+                    row["version"] = what
+                else:
+                    row.update(status="skipped", note=what)
+            case_rows.append(row)
+        log(f"[augment {recipe} on {device}: N={n} images, {views} views] {len(fns)} "
+            f"implementations x {ROUNDS[mode]} interleaved rounds")
+        samples = interleaved(fns, ROUNDS[mode])
+        finish(case_rows, samples, {id(r): "jem_fast" for r in case_rows})
+        for row in case_rows:
+            row.pop("_key", None)
+        rows += case_rows
+    return rows, []
+
 
 def run(args):
     mode = benchmark_mode(args)
-    timing = TIMING[(args.device, mode)]
-    fewer = BASELINE_TIMING.get((args.device, mode), BASELINE_TIMING["default"])
-    baseline_timing = dict(timing, warmup=min(timing["warmup"], fewer["warmup"]),
-                           min_repeats=min(timing["min_repeats"], fewer["min_repeats"]))
-    dtype = torch.float32 if args.dtype is None and args.device == "cpu" else (
-        getattr(torch, args.dtype) if args.dtype else torch.bfloat16)
-    itemsize = torch.finfo(dtype).bits // 8
-    tv_ok = torchvision_available()
-    kornia_ok, kornia_why = kornia_available()
-    n0 = NUM_IMAGES["simclr_2x224"][(args.device, mode)]
-    log(f"[augment N={n0} images, {2 * n0} views, {dtype_name(dtype)}] correctness check")
-    checks = [check_correctness(dtype, args.device)]
-    for case in ("simclr_preset", "dino_preset"):
-        log(f"[{case}] check")
-        checks.append(check_preset(case, dtype, args.device))
-    rows = []
-    for case in CASES:
-        n = NUM_IMAGES[case][(args.device, mode)]
-        per_image = 2 if case != "dino_preset" else 2 + DINO_LOCAL_CROPS
-        case_rows = []
-        for impl in CASE_IMPLS[case]:
-            row = {"case": case, "images": n, "views": per_image * n, "dtype": dtype_name(dtype),
-                   "impl": impl, "status": "ok", "note": ""}
-            skip = None
-            if impl == "torchvision" and not tv_ok:
-                skip = "torchvision not importable"
-            elif impl == "kornia" and not kornia_ok:
-                skip = kornia_why
-            elif impl == "kornia" and args.device == "cpu" and mode == "quick" \
-                    and case in KORNIA_SKIP_QUICK_CPU:
-                skip = "skipped in --quick on CPU (seconds per call); run --full"
-            elif impl == "eager" and args.device == "cpu" and mode == "quick" \
-                    and case in EAGER_SKIP_QUICK_CPU:
-                skip = "skipped in --quick on CPU (seconds per call; the oracle, not a user " \
-                       "baseline); run --full"
-            if skip is not None:
-                case_rows.append(dict(row, status="skipped", note=skip, peak_extra_mb="n/a"))
-                continue
-            if impl == "kornia":
-                row["kornia_version"] = kornia_why
-
-            def build(case=case, impl=impl, n=n):
-                inputs = case_inputs(case, n, args.device)
-                fn = case_fn(case, impl, dtype, args.device)
-                if impl != "jem_fast":  # see BASELINE_TIMING
-                    fn(*case_inputs(case, 1, args.device, seed=5))
-                return (lambda: fn(*inputs)), None
-
-            log(f"[{case} N={n}, {row['views']} views] {impl}")
-            spec = {"case": case, "impl": impl, "n": n, "dtype": dtype_name(dtype),
-                    "threads": args.threads}
-            case_rows.append(measure_row(row, build, device=args.device,
-                                         timing=timing if impl == "jem_fast" else baseline_timing,
-                                         probe_module=MODULE, probe_spec=spec))
-        if case == "simclr_2x224":
-            moved = traffic_bytes(make_inputs(n, "cpu")[0], itemsize)
-        else:
-            moved = preset_traffic_bytes(case, make_images(n, "cpu")[0], itemsize)
-        jf = case_rows[0]
-        for row in case_rows:
-            if row["status"] != "ok":
-                continue
-            med_s = row["fwd_bwd"]["median_ms"] / 1e3
-            row["fwd_bwd_vs_jem_fast"] = round(row["fwd_bwd"]["median_ms"]
-                                               / jf["fwd_bwd"]["median_ms"], 2)
-            row["views_per_s"] = round(row["views"] / med_s, 1)
-            row["nominal_bytes"] = moved
-            row["gb_per_s"] = round(moved / med_s / 1e9, 2)
-            row["hbm_fraction"] = round(moved / med_s / HBM_CEILING_BYTES_PER_S, 4)
-        rows += case_rows
-    return rows, checks
+    if args.device != "cpu":
+        return run_on_device(args, mode, args.device)
+    torch.set_num_threads(1)
+    all_rows, checks = [], []
+    images_all = make_images(max(NUM_IMAGES[mode].values()), seed=0)
+    log("[augment] correctness checks (float64 reference, per-image = batched)")
+    checks += check_correctness(images_all[:2])
+    overhead = {}
+    for recipe in RECIPES:
+        n = NUM_IMAGES[mode][recipe]
+        images = images_all[:n]
+        data = make_inputs(images)
+        all_rows += run_recipe(recipe, args, mode, data)
+        ms, launches = per_image_overhead(recipe, images, 5 if mode == "quick" else 20)
+        overhead[recipe] = {"ms_per_image": round(ms * 1e3, 4), "kernel_launches": launches}
+        log(f"[augment {recipe}] per-image overhead {ms * 1e3:.3f} ms ({launches} launches)")
+    stage_images = images_all[:STAGE_VIEWS[mode]] if len(images_all) >= STAGE_VIEWS[mode] \
+        else (images_all * STAGE_VIEWS[mode])[:STAGE_VIEWS[mode]]
+    stage_rows = run_stages(args, mode, stage_images, make_inputs(stage_images)["pil"])
+    all_rows += stage_rows
+    extra = {"per_image_overhead": overhead, "stage_ms_per_view": stage_costs(stage_rows)}
+    if args.threads > 1:
+        extra["thread_scaling"] = thread_scaling("simclr", images_all[:NUM_IMAGES[mode]["simclr"]],
+                                                 args.threads, ROUNDS[mode])
+        torch.set_num_threads(1)
+    checks.append({"derived": extra})
+    return all_rows, checks
 
 
-def find_ok(rows, case, impl):
-    return next((r for r in rows if r["case"] == case and r["impl"] == impl
+def make_inputs(images):
+    import numpy as np
+    from PIL import Image
+    hwc = [np.ascontiguousarray(im.permute(1, 2, 0).numpy()) for im in images]
+    jpeg = encode_jpegs(images)
+    return {"tensor": images, "hwc": hwc, "pil": [Image.fromarray(a) for a in hwc],
+            "jpeg": jpeg, "jpeg_np": [np.frombuffer(b, dtype=np.uint8) for b in jpeg]}
+
+
+# ------------------------------------------------------------------------------ targets
+
+def find_ok(rows, case, impl, op):
+    return next((r for r in rows if r["case"] == case and r["impl"] == impl and r["op"] == op
                  and r["status"] == "ok"), None)
 
 
-def _ratio_item(rows, case, impl, want, label):
-    jf, other = find_ok(rows, case, "jem_fast"), find_ok(rows, case, impl)
-    if jf is None or other is None:
-        return []
-    ratio = other["fwd_bwd_vs_jem_fast"]
-    return [{"target": (f"{label}: {impl} / jem_fast time >= {want:g}" if want else
-                        f"(info, no target) {label}: {impl} / jem_fast time"),
-             "measured": f"{ratio:.2f}x (jem_fast {jf['views_per_s']:.0f} views/s, {impl} "
-                         f"{other['views_per_s']:.0f} views/s)",
-             "met": ratio >= want if want else None}]
-
-
 def evaluate_targets(rows, args):
-    """The issue's targets on the SimCLR preset (CPU: 2 threads; CUDA); the other cases as
-    information."""
     items = []
-    cpu = args.device == "cpu"
-    items += _ratio_item(rows, "simclr_preset", "torchvision", 3 if cpu else 20,
-                         "SimCLR preset vs torchvision v2 per sample")
-    items += _ratio_item(rows, "simclr_preset", "kornia", None if cpu else 10,
-                         "SimCLR preset vs kornia per image")
-    jf = find_ok(rows, "simclr_preset", "jem_fast")
-    if not cpu and jf is not None:
-        frac = jf["hbm_fraction"]
-        items.append({"target": "SimCLR preset within 4x of the HBM floor (>= 25% of 4.3 TB/s)",
-                      "measured": f"{100 * frac:.1f}% ({jf['gb_per_s']:.0f} GB/s, floor "
-                                  f"{jf['nominal_bytes'] / HBM_CEILING_BYTES_PER_S * 1e3:.3g} "
-                                  f"ms vs {jf['fwd_bwd']['median_ms']:.3g} ms)",
-                      "met": frac >= 0.25})
-    items += _ratio_item(rows, "dino_preset", "torchvision", None,
-                         "DINO preset vs torchvision v2 per sample")
-    items += _ratio_item(rows, "dino_preset", "kornia", None, "DINO preset vs kornia per image")
-    items += _ratio_item(rows, "simclr_2x224", "torchvision", None,
-                         "functional augment vs torchvision v2 functional")
-    jf_rows = [r for r in rows if r["impl"] == "jem_fast" and r["status"] == "ok"]
-    if not cpu:
-        for r in jf_rows:
-            if r["case"] != "simclr_preset":
-                items.append({"target": f"(info, no target) {r['case']}: jem_fast fraction of "
-                                        "the HBM floor",
-                              "measured": f"{100 * r['hbm_fraction']:.1f}%", "met": None})
-    sp = find_ok(rows, "simclr_preset", "jem_fast")
-    shape = (f"SimCLR preset: {sp['images']} images ~500x375 -> {sp['views']} views of 224, "
-             f"{sp['dtype']}" if sp else "SimCLR preset")
-    return targets_result(shape, items, args.threads,
-                          target_threads=2 if cpu else args.threads)
+    derived = next((c["derived"] for c in getattr(args, "_checks", []) if "derived" in c), None)
+    wants = {("per_image", "lightly_simd"): 2.5, ("per_image", "dali"): 2.5,
+             ("batched", "lightly_simd"): 4.0, ("batched", "dali"): 3.5}
+    for recipe in RECIPES:
+        for case in ("per_image", "batched", "per_image+decode", "batched+decode"):
+            base = case.split("+")[0]
+            for impl in ("lightly", "lightly_simd", "dali", "torchvision", "kornia"):
+                r = find_ok(rows, case, impl, recipe)
+                jf = find_ok(rows, case, "jem_fast", recipe)
+                if r is None or jf is None:
+                    continue
+                want = wants.get((base, impl))
+                ratio = r["fwd_bwd_vs_jem_fast"]
+                items.append({
+                    "target": (f"{recipe} {case}: {impl} / jem_fast time >= {want:g}" if want
+                               else f"(info, no target) {recipe} {case}: {impl} / jem_fast"),
+                    "measured": f"{ratio:.2f}x (jem_fast {jf['views_per_s']:.0f} views/s, "
+                                f"{impl} {r['views_per_s']:.0f} views/s, 1 thread each)",
+                    "met": (ratio >= want) if want else None})
+    if derived:
+        for recipe, o in derived["per_image_overhead"].items():
+            items.append({"target": f"{recipe}: per-image call overhead < 0.3 ms per image",
+                          "measured": f"{o['ms_per_image']:.3f} ms ({o['kernel_launches']} "
+                                      "kernel launches per image)",
+                          "met": o["ms_per_image"] < 0.3})
+        st = derived["stage_ms_per_view"]
+        jf = st.get("jem_fast", {})
+        if "hue" in jf:
+            items.append({"target": "hue <= 0.3 ms per 224 view",
+                          "measured": f"{jf['hue']:.3f} ms", "met": jf["hue"] <= 0.3})
+        if "blur" in jf and "blur" in st.get("pillow", {}):
+            pil = st["pillow"]["blur"]
+            name = "pillow-simd" if pillow_is_simd() else "Pillow (not -simd)"
+            items.append({"target": f"exact blur <= {name}'s blur time per 224 view",
+                          "measured": f"jem_fast {jf['blur']:.3f} ms, {name} {pil:.3f} ms",
+                          "met": jf["blur"] <= pil if pillow_is_simd() else None})
+        ts = derived.get("thread_scaling")
+        if ts:
+            many = ts[f"ms_{ts['threads']}_threads"]
+            items.append({"target": f"(info) batched SimCLR call, 1 vs {ts['threads']} threads",
+                          "measured": f"{ts['speedup']:.2f}x ({ts['ms_1_thread']:.1f} ms -> "
+                                      f"{many:.1f} ms)",
+                          "met": None})
+    return targets_result("ImageNet-like ~500x375 images; SimCLR 2 x 224, DINO 2 x 224 + 8 x 96",
+                          items, 1, target_threads=1)
 
 
 def table(rows, device):
     out = []
     for r in rows:
-        t = dict(timing_cells(r), case=r["case"], images=r["images"], views=r["views"],
-                 dtype=r["dtype"], impl=r["impl"])
+        t = dict(timing_cells(r), case=r["label"], impl=r["impl"])
         if r["status"] == "ok":
-            t.update(vps=f"{r['views_per_s']:.0f}", gbs=f"{r['gb_per_s']:.2f}",
-                     hbm=f"{100 * r['hbm_fraction']:.1f}%")
+            t["vps"] = f"{r['views_per_s']:.0f}"
         out.append(t)
-    columns = [("case", "case"), ("images", "N"), ("views", "views"), ("dtype", "dtype"),
-               ("impl", "impl")] + [c for c in TIMING_COLUMNS if c[0] not in ("fwd", "xf")] + [
-        ("vps", "views/s")]
-    if device == "cuda":
-        columns += [("gbs", "GB/s"), ("hbm", "HBM %")]
-    return format_table(out, columns + [("note", "note")])
+    columns = [("case", "case"), ("impl", "impl")] + [
+        c for c in TIMING_COLUMNS if c[0] not in ("fwd", "xf")] + [("vps", "views/s"),
+                                                                    ("note", "note")]
+    return format_table(out, columns)
+
+
+def memory_probe(spec):
+    return {"error": "memory is not measured in the augment family"}
 
 
 def main(argv=None):
+    from .common import run_benchmark_main
     args = benchmark_parser(MODULE, __doc__).parse_args(argv)
+    original_run = run
+
+    def run_and_keep(a):
+        rows, checks = original_run(a)
+        a._checks = checks
+        return rows, checks
     return run_benchmark_main(
-        args, name="augment", title="augmentation (functional SimCLR, SimCLR and DINO presets)",
-        legend="'fwd+bwd ms' = one call producing all views of the N images (no backward; "
-               "presets: parameter sampling included); 'f+b /jf' = time / jem_fast time of the "
-               "same case (>1: jem_fast faster); views/s = views / median time",
-        run=run, evaluate_targets=evaluate_targets, table=table, memory_probe=memory_probe,
-        methodology=METHODOLOGY)
+        args, name="augment",
+        title="augmentation (per-image and batched, SimCLR and DINO, vs lightly, torchvision, "
+              "kornia, DALI; 1 thread per side)",
+        legend="'time ms' = one call producing all views of the N images (per-image: N calls); "
+               "vs X = X's time / jem_fast's in the same interleaved run (>1: jem_fast faster); "
+               "DALI runs its batched pipeline in both cases; stage rows: 224 views, PIL = "
+               "lightly's ops",
+        run=run_and_keep, evaluate_targets=evaluate_targets, table=table,
+        memory_probe=memory_probe, methodology=METHODOLOGY, step="call")
 
 
 if __name__ == "__main__":
