@@ -3,13 +3,15 @@
     jem-fast info  [--device cpu|cuda|all] [--no-selftest]
     jem-fast bench [--device cpu|cuda] [--ops OP[,OP...]] [--quick|--full] [--scaling]
                    [--out DIR] [--baselines reference,compile,lightly,kornia,torchvision,inf_cl]
-                   [--threads N] [--dtype float32|bfloat16|float16] [--no-plots]
+                   [--threads N] [--dtype float32|bfloat16|float16] [--wide] [--no-plots]
 
 `info` says what this installation is (versions, devices, compiled kernels, threads, optional
 peers) and runs the self-test (jem_fast.selftest: every op once against its float64 reference);
 it exits 1 when a check fails. `bench` runs the benchmark families of jem_fast.bench (the same
 modules as `python -m benchmarks.bench_<family>`), prints each family's table and one summary
-table, writes JSON + CSV (and PNG plots when matplotlib is importable) into --out.
+table (one line per case, at most 160 characters wide; --wide: every figure), and writes JSON +
+CSV into --out, with summary.png (speedups and peak memory per case) and, for --scaling,
+scaling_<device>.png (time and memory against N or D) when matplotlib is importable.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .bench.common import cpu_model
+from .bench.common import cpu_model, default_threads
 from .bench.report import op_name, shape_text
 
 # Families in run order: (name, module, the module's sub-op option, op names). The op names are
@@ -43,6 +45,8 @@ OP_ALIASES = {"barlow": "barlow_twins", "barlowtwins": "barlow_twins", "ntxent":
               "negative_cosine": "cosine", "byol": "cosine", "simsiam": "cosine",
               "sinkhorn_knopp": "sinkhorn", "kmeans": "assign"}
 BASELINES = ("reference", "compile", "lightly", "kornia", "torchvision", "inf_cl")
+# The ops the scaling view sweeps, per family (its --losses values).
+SCALING_OPS = {"covariance": ("vicreg", "barlow_twins"), "info_nce": ("simclr",)}
 OPTIONAL_PEERS = ("lightly", "kornia", "torchvision", "inf_cl", "matplotlib")
 
 
@@ -84,14 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs the benchmark families (jem_fast.bench) in this process: for every "
                     "shape, jem_fast and each available baseline in the same run; forward and "
                     "forward+backward, median and spread, ratio, peak extra memory. Prints each "
-                    "family's table and a summary; writes JSON and CSV (and PNG plots when "
-                    "matplotlib is importable) into --out.",
+                    "family's table and a summary; writes JSON and CSV into --out, and the "
+                    "figures summary.png and (--scaling) scaling_<device>.png when matplotlib "
+                    "is importable.",
         epilog="ops: " + ", ".join(names) + "\nbaselines: " + ", ".join(BASELINES) +
                " (reference = the eager oracle the tests use; compile = torch.compile of it)")
     bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
-                      help="small grid, few repeats (default; < 3 min on 2 CPU cores)")
+                      help="small grid, few repeats (default)")
     size.add_argument("--full", action="store_true",
                       help="the whole grid of performance.md, more repeats, and the scaling view")
     bench.add_argument("--scaling", action="store_true",
@@ -105,11 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--baselines", default=None, metavar="LIST",
                        help="comma-separated subset of " + ",".join(BASELINES) +
                             " (default: all that apply and are importable)")
-    bench.add_argument("--threads", type=_positive_int, default=2,
-                       help="torch.set_num_threads (default %(default)s)")
+    bench.add_argument("--threads", type=_positive_int, default=default_threads(),
+                       help="torch.set_num_threads (default: the CPUs this process may use, "
+                            "%(default)s here)")
     bench.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                        help="default: float32 on CPU, bfloat16 and float32 on CUDA")
-    bench.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    bench.add_argument("--wide", action="store_true",
+                       help="tables with one line per implementation and every figure "
+                            "(spread, forward alone, full notes); lines get long")
+    bench.add_argument("--no-plots", action="store_true", help="do not write the PNG figures")
     parser.bench_parser = bench
     return parser
 
@@ -330,9 +339,23 @@ def _family_argv(args, family_name, option, ops, mode_flag):
         argv += ["--dtype", args.dtype]
     if args.baseline_list is not None:
         argv += ["--baselines", ",".join(args.baseline_list)]
+    if getattr(args, "wide", False):
+        argv.append("--wide")
     if ops is not None and option is not None:
         argv += [option, ",".join(ops)]
     return argv
+
+
+def scaling_losses(selection):
+    """The scaling view's losses that --ops selected (every one without --ops); [] when --ops
+    names none of them (then the view does not run)."""
+    if selection is None:
+        return [op for ops in SCALING_OPS.values() for op in ops]
+    chosen = []
+    for family, ops in SCALING_OPS.items():
+        if family in selection:
+            chosen += [op for op in ops if selection[family] is None or op in selection[family]]
+    return chosen
 
 
 def cmd_bench(args) -> int:
@@ -356,7 +379,12 @@ def cmd_bench(args) -> int:
     mode_flag = "--full" if args.full else "--quick"
     # --scaling alone runs only the scaling view; --full runs it after the families.
     run_families = not (args.scaling and args.ops is None)
-    run_scaling = args.scaling or args.full
+    losses = scaling_losses(None if args.ops is None else args.selection)
+    run_scaling = (args.scaling or args.full) and bool(losses)
+    if (args.scaling or args.full) and not losses:
+        print("jem-fast bench: no scaling view: it sweeps " + ", ".join(
+            op for ops in SCALING_OPS.values() for op in ops) + ", none of which --ops names",
+            file=sys.stderr)
     families = [f for f in _available_families() if f[0] in args.selection] if run_families else []
     steps = len(families) + (1 if run_scaling else 0)
     progress = Progress(steps)
@@ -386,12 +414,7 @@ def cmd_bench(args) -> int:
         if run_scaling:
             from .bench import scaling
             progress.start("scaling")
-            argv = ["--device", args.device, mode_flag, "--out", args.out,
-                    "--threads", str(args.threads)]
-            if args.dtype:
-                argv += ["--dtype", args.dtype]
-            if args.baseline_list is not None:
-                argv += ["--baselines", ",".join(args.baseline_list)]
+            argv = _family_argv(args, "scaling", "--losses", losses, mode_flag)
             try:
                 payload = scaling.main(argv)
                 if payload is not None:
@@ -408,20 +431,25 @@ def cmd_bench(args) -> int:
 
     from .bench import report
     rows = report.summary_rows(payloads)
-    print(f"\n=== jem-fast bench summary -- {args.device}, {'full' if args.full else 'quick'}, "
-          f"{args.threads} threads, torch {torch.__version__}, jem_fast {jem_fast.__version__}")
-    print("fwd+bwd median of jem_fast (fwd for ops without a backward); 'xN' = baseline time / "
-          "jem_fast time in the same run (>1: jem_fast faster); peak MB = peak extra memory")
-    print(report.summary_table(rows))
+    grid_rows = [r for r in rows if r["family"] != "scaling"]
+    machine = next(iter(payloads.values()), {}).get("machine") or {}
+    print("\n" + common.wrap("=== " + common.run_header(
+        "bench summary", args.device, "full" if args.full else "quick", args.threads, machine)
+        + f", jem_fast {jem_fast.__version__}"))
+    if grid_rows:
+        print(report.summary_table(grid_rows))
+    if "scaling" in payloads:
+        print("the scaling view's points are in its table above"
+              + ("" if args.no_plots else " and in scaling_<device>.png"))
     stem = f"summary_{args.device}_{datetime.datetime.now():%Y%m%d-%H%M%S}"
     paths = report.write_summary(out, stem, rows, payloads, total_s)
-    print(f"\nwrote {paths[0]} and {paths[1]}")
+    print(f"\nwrote {paths[0]}\nwrote {paths[1]}")
     if not args.no_plots:
-        written, why = report.plot_all(payloads, out)
-        if written:
-            print("plots: " + ", ".join(str(p) for p in written))
-        else:
-            print(f"plots: none ({why})")
+        written, why = report.plot_all(payloads, out, summary=rows)
+        for path in written:
+            print(f"figure {path}")
+        if not written:
+            print(f"figures: none ({why})")
     print(f"total wall time {total_s:.0f} s")
     for name, why in failures:
         print(f"FAILED: {name}: {why}")

@@ -162,7 +162,7 @@ def _fake_payload():
 
 
 def test_summary_table_and_files(tmp_path):
-    payloads = {"scaling": _fake_payload()}
+    payloads = {"covariance": _fake_payload()}
     rows = report.summary_rows(payloads)
     assert len(rows) == 3
     first = rows[0]
@@ -171,7 +171,9 @@ def test_summary_table_and_files(tmp_path):
     last = rows[-1]
     assert last["baselines"]["reference"]["ratio"] is None
     table = report.summary_table(rows)
-    assert "reference x" in table and "10.00x" in table and "skip" in table
+    # the eager reference is "vs eager"; a skipped one says why ("too big": its estimate)
+    assert "vs eager" in table and "10.0x" in table and "too big" in table
+    assert " skip " not in table
     json_path, csv_path = report.write_summary(tmp_path, "summary_test", rows, payloads, 1.0)
     data = json.loads(Path(json_path).read_text())
     assert data["summary"][0]["jem_fast_ms"] == pytest.approx(1.024)

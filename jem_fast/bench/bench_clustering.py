@@ -26,10 +26,10 @@ from jem_fast.reference import (dino_loss_reference, sinkhorn_knopp_reference,
                                 swav_loss_reference)
 
 from .common import (CONTENDED_FRACTION, DTYPES, MEMORY_METHODOLOGY,
-                     QUICK_COMPILE_MAX_EAGER_S, TIMING, TIMING_COLUMNS, benchmark_dtypes,
+                     QUICK_COMPILE_MAX_EAGER_S, TIMING, benchmark_dtypes,
                      benchmark_mode, benchmark_parser, dtype_name, format_table, log,
                      measure_row, quick_compile_skip, rss_probe, run_benchmark_main,
-                     targets_result, timing_cells)
+                     targets_result, timing_cells, timing_columns)
 
 MODULE = "jem_fast.bench.bench_clustering"
 
@@ -389,8 +389,17 @@ def crops_label(spec):
     return f"{spec['teacher']}h+{spec['student']}l"
 
 
+def case_name(spec):
+    if spec["op"] == "sinkhorn":
+        return f"sinkhorn {spec['b']}x{spec['k']}"
+    return (f"{spec['op']} B={spec['b']} K={spec['k']} "
+            f"{spec['teacher']}+{spec['student'] - (spec['teacher'] if spec['op'] == 'dino' else 0)}"
+            " crops")
+
+
 def base_row(spec, impl, dtype):
-    return {"op": spec["op"], "b": spec["b"], "k": spec["k"], "crops": crops_label(spec),
+    return {"op": spec["op"], "label": case_name(spec), "b": spec["b"], "k": spec["k"],
+            "crops": crops_label(spec),
             "teacher_crops": spec["teacher"], "student_crops": spec["student"],
             "dtype": dtype_name(dtype), "impl": impl,
             "step": "fwd" if spec["op"] == "sinkhorn" else "fwd+bwd",
@@ -608,7 +617,7 @@ def table_rows(rows, device):
         out.append(t)
     columns = [("op", "op"), ("b", "B"), ("k", "K"), ("crops", "crops"), ("dtype", "dtype"),
                ("impl", "impl"), ("step", "step")]
-    columns += [(key, "step ms" if key == "fb" else header) for key, header in TIMING_COLUMNS]
+    columns += timing_columns("step")
     if device == "cuda":
         columns += [("gbps", "GB/s"), ("hbm", "of 4.3TB/s")]
     return format_table(out, columns + [("note", "note")])
@@ -629,10 +638,10 @@ def main(argv=None):
     args = parse_args(argv)
     return run_benchmark_main(
         args, name="clustering", title="clustering (Sinkhorn-Knopp, DINO, SwAV)",
-        legend="times: median over repeats after warm-up; 'step ms' = the forward for sinkhorn "
-               "(no backward), forward+backward for dino and swav; IQR = p25-p75; '/jf' = time "
-               "/ jem_fast time in this run (>1: jem_fast faster); crops: dino t teacher / s "
-               "student, swav h high + l low resolution; B = rows per crop",
+        legend="sinkhorn: Sinkhorn-Knopp (3 iterations) on B x K scores, forward only (it "
+               "runs without gradient); dino: DINOLoss, 2 global + 10 local crops of B x K "
+               "logits, fwd+bwd; swav: SwaVLoss, 2 high + 6 low resolution crops, fwd+bwd; "
+               "against the eager reference, torch.compile of it and lightly.loss",
         run=run, evaluate_targets=evaluate_targets, table=table_rows,
         memory_probe=memory_probe, methodology=METHODOLOGY,
         extra_payload={"ops": list(args.ops)})

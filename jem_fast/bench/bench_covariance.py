@@ -20,10 +20,11 @@ from jem_fast.ops.vicreg import resolve_route
 from jem_fast.reference import barlow_twins_loss_reference, vicreg_loss_reference
 
 from .common import (CONTENDED_FRACTION, DTYPES, MEMORY_METHODOLOGY,
-                     QUICK_COMPILE_MAX_EAGER_S, TIMING, TIMING_COLUMNS, benchmark_dtypes,
+                     QUICK_COMPILE_MAX_EAGER_S, TIMING, benchmark_dtypes,
                      benchmark_mode, benchmark_parser, dtype_name, find_ok_row,
+                     peer_available,
                      format_table, log, measure_row, quick_compile_skip, rss_probe,
-                     run_benchmark_main, targets_result, timing_cells)
+                     run_benchmark_main, targets_result, timing_cells, timing_columns)
 
 MODULE = "jem_fast.bench.bench_covariance"
 
@@ -42,7 +43,7 @@ SHAPES = {
     ("cuda", "full"): [(256, 8192), (2048, 8192), (32768, 256), (256, 131072)],
 }
 LOSSES = ("vicreg", "barlow_twins")
-IMPLS = ("jem_fast", "eager", "compile")
+IMPLS = ("jem_fast", "eager", "compile", "lightly")
 
 # The reference materializes D x D matrices; it is skipped (with a note) when this estimate of
 # its extra memory exceeds the limit: CPU 4 GB, CUDA half of the GPU's memory. The factor is
@@ -93,7 +94,9 @@ METHODOLOGY = {
               "cast to the benchmark dtype), requires_grad=True",
     "losses": "VICRegLoss() / BarlowTwinsLoss() with their defaults (route='auto', "
               "check_finite=True); reference = jem_fast.reference.*_loss_reference with the "
-              "same weights",
+              "same weights; lightly (when importable) = lightly.loss.VICRegLoss(25, 25, 1, "
+              "eps=1e-4) / lightly.loss.BarlowTwinsLoss(5e-3), skipped with the reference "
+              "where the reference is (the same D x D matrices)",
 }
 
 
@@ -118,6 +121,12 @@ def make_impl(loss: str, impl: str):
     if impl == "compile":
         torch._dynamo.reset()  # a fresh, static-shape compilation per loss and shape
         return torch.compile(REFERENCES[loss], dynamic=False)
+    if impl == "lightly":
+        from lightly.loss import BarlowTwinsLoss, VICRegLoss
+
+        if loss == "vicreg":
+            return VICRegLoss(lambda_param=25.0, mu_param=25.0, nu_param=1.0, eps=1e-4)
+        return BarlowTwinsLoss(lambda_param=5e-3)
     raise ValueError(impl)
 
 
@@ -173,8 +182,8 @@ def check_against_reference(loss, z_a, z_b):
 
 def measure(loss, impl, n, d, dtype, args, timing):
     """Times one implementation on one shape and measures its peak extra memory."""
-    row = {"loss": loss, "n": n, "d": d, "dtype": dtype_name(dtype),
-           "impl": impl, "status": "ok", "note": ""}
+    row = {"loss": loss, "label": case_name(loss, n, d), "n": n, "d": d,
+           "dtype": dtype_name(dtype), "impl": impl, "status": "ok", "note": ""}
 
     def build():
         z_a, z_b = make_inputs(n, d, dtype, args.device)
@@ -241,10 +250,15 @@ def bench_one(loss, n, d, dtype, args, timing, mode, checks):
     checks.append({"loss": loss, "n": n, "d": d, "dtype": dtype_name(dtype),
                    "errors": check})
 
+    lightly_ok, lightly_why = peer_available("lightly", "lightly.loss", "VICRegLoss",
+                                             "BarlowTwinsLoss")
     rows = []
     for impl in IMPLS:
         if impl != "jem_fast" and ref_skip:
             rows.append(skipped_row(loss, impl, n, d, dtype, ref_skip))
+            continue
+        if impl == "lightly" and not lightly_ok:
+            rows.append(skipped_row(loss, impl, n, d, dtype, lightly_why))
             continue
         compile_skip = quick_compile_skip(rows, mode, args.device) if impl == "compile" else None
         if compile_skip:
@@ -270,8 +284,13 @@ def bench_one(loss, n, d, dtype, args, timing, mode, checks):
 
 
 def skipped_row(loss, impl, n, d, dtype, note):
-    return {"loss": loss, "n": n, "d": d, "dtype": dtype_name(dtype),
-            "impl": impl, "status": "skipped", "note": note, "peak_extra_mb": "n/a"}
+    return {"loss": loss, "label": case_name(loss, n, d), "n": n, "d": d,
+            "dtype": dtype_name(dtype), "impl": impl, "status": "skipped", "note": note,
+            "peak_extra_mb": "n/a"}
+
+
+def case_name(loss, n, d):
+    return f"{loss} N={n} D={d}"
 
 
 def evaluate_targets(rows, args):
@@ -311,7 +330,7 @@ def table_rows(rows, device):
                      hbm=f"{100 * r['hbm_fraction_fwd_bwd']:.1f}%")
         out.append(t)
     columns = [("loss", "loss"), ("n", "N"), ("d", "D"), ("dtype", "dtype"), ("impl", "impl")]
-    columns += TIMING_COLUMNS
+    columns += timing_columns("fwd+bwd")
     if device == "cuda":
         columns += [("tflops", "TFLOP/s"), ("hbm", "HBM %")]
     return format_table(out, columns + [("note", "note")])
@@ -333,8 +352,10 @@ def main(argv=None):
     args = parse_args(argv)
     return run_benchmark_main(
         args, name="covariance", title="covariance",
-        legend="times: median over repeats after warm-up; IQR = p25-p75; '/jf' = time / "
-               "jem_fast time in this run (>1: jem_fast faster)",
+        legend="VICReg and Barlow Twins losses on two views of N rows x D dims; fwd+bwd = "
+               "the loss and the gradients of both views; eager = the reference formula (the "
+               "tests' oracle), compile = torch.compile of it, lightly = lightly.loss",
+        step="fwd+bwd",
         run=run, evaluate_targets=evaluate_targets, table=table_rows,
         memory_probe=memory_probe, methodology=METHODOLOGY,
         extra_payload={"losses": list(args.losses)})

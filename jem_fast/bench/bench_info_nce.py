@@ -21,10 +21,11 @@ import jem_fast
 from jem_fast.reference import info_nce_loss_reference, ntxent_loss_reference
 
 from .common import (CONTENDED_FRACTION, DTYPES, MEMORY_METHODOLOGY,
-                     QUICK_COMPILE_MAX_EAGER_S, TIMING, TIMING_COLUMNS, benchmark_dtypes,
+                     QUICK_COMPILE_MAX_EAGER_S, TIMING, benchmark_dtypes,
                      benchmark_mode, benchmark_parser, dtype_name, find_ok_row,
-                     format_table, log, measure_row, quick_compile_skip, rss_probe,
-                     run_benchmark_main, targets_result, timing_cells)
+                     format_table, log, measure_row, peer_available, quick_compile_skip,
+                     rss_probe, run_benchmark_main, targets_result, timing_cells,
+                     timing_columns)
 
 MODULE = "jem_fast.bench.bench_info_nce"
 
@@ -41,12 +42,17 @@ MODULE = "jem_fast.bench.bench_info_nce"
 #           momentum (key) encoder, so it gets no gradient, and neither does the bank.
 SIMCLR_TEMPERATURE, CLIP_TEMPERATURE, MOCO_TEMPERATURE = 0.5, 0.07, 0.2
 LOSSES = ("simclr", "clip", "moco")
-IMPLS = ("jem_fast", "eager", "compile", "inf_cl")
+IMPLS = ("jem_fast", "eager", "compile", "lightly", "inf_cl")
+# lightly has NT-Xent (with and without a memory bank) but no symmetric CLIP loss.
+LIGHTLY_LOSSES = ("simclr", "moco")
 
 
 def case(loss, n, d, m=None, impls=("jem_fast", "eager", "compile"), fwd=True, note=""):
     """One shape: n = batch rows (B or N), d = dim, m = bank keys (moco only).
-    impls: what runs (the others get a 'skipped' row with `note`); fwd: also time forward."""
+    impls: what runs (the others get a 'skipped' row with `note`); fwd: also time forward.
+    lightly runs wherever the eager reference does and lightly has the loss."""
+    if loss in LIGHTLY_LOSSES and "eager" in impls and "lightly" not in impls:
+        impls = tuple(impls) + ("lightly",)
     return {"loss": loss, "n": n, "d": d, "m": m, "impls": impls, "fwd": fwd, "note": note}
 
 
@@ -124,7 +130,11 @@ METHODOLOGY = {
               f"out1, {MOCO_TEMPERATURE}, negatives=bank) (B x (M + 1) logits). inf_cl "
               "(CUDA, clip only, when importable): 0.5 * (cal_flash_loss(q, k, scale=1/T)"
               ".mean() + cal_flash_loss(k, q, scale=1/T).mean()) on normalized q, k "
-              "(Inf-CL's single-GPU kernel; it computes in float32 whatever the input dtype)",
+              "(Inf-CL's single-GPU kernel; it computes in float32 whatever the input dtype). "
+              "lightly (simclr, moco; when importable): lightly.loss.NTXentLoss with the same "
+              "temperature (moco: memory_bank_size=(M, D), its bank loaded with the same keys "
+              "and updated on every call like jem_fast's); skipped with the reference where "
+              "the reference is (it materializes the same logits)",
     "moco_bank": "M keys, F.normalize(randn) seeded, in the benchmark dtype, passed to the "
                  "reference as negatives; jem_fast's MemoryBank is loaded with the same keys. "
                  "jem_fast's NTXentLoss clones the bank snapshot and enqueues out1 on every "
@@ -218,6 +228,26 @@ class _BankedNTXent:
         return self.module(out0, out1)
 
 
+class _LightlyNTXent:
+    """lightly.loss.NTXentLoss called as fn(*inputs) like the reference: SimCLR as is; MoCo with
+    its memory bank loaded with the same keys as the reference's negatives (the bank argument is
+    then ignored, and lightly's bank is updated on every call, as in training)."""
+
+    def __init__(self, loss, inputs):
+        from lightly.loss import NTXentLoss
+
+        if loss == "simclr":
+            self.module = NTXentLoss(temperature=SIMCLR_TEMPERATURE)
+            return
+        bank = inputs[2]
+        self.module = NTXentLoss(temperature=MOCO_TEMPERATURE, memory_bank_size=tuple(bank.shape))
+        self.module.to(bank.device)
+        self.module.memory_bank.bank = bank.detach().clone()
+
+    def __call__(self, out0, out1, bank=None):
+        return self.module(out0, out1)
+
+
 def make_impl(loss: str, impl: str, inputs):
     """The callable (*inputs) -> scalar loss of one implementation."""
     if impl == "jem_fast":
@@ -233,6 +263,8 @@ def make_impl(loss: str, impl: str, inputs):
         return torch.compile(REFERENCES[loss], dynamic=False)
     if impl == "inf_cl":
         return inf_cl_clip
+    if impl == "lightly":
+        return _LightlyNTXent(loss, inputs)
     raise ValueError(impl)
 
 
@@ -340,9 +372,16 @@ def check_against_reference(loss, n, d, m, dtype, device):
 # One measurement
 # ---------------------------------------------------------------------------------------------
 
+def case_name(spec):
+    loss, n, d, m = spec["loss"], spec["n"], spec["d"], spec["m"]
+    return (f"{loss} {'N' if loss == 'clip' else 'B'}={n} D={d}"
+            + (f" bank {m}" if m else ""))
+
+
 def base_row(spec, impl, dtype):
     rows, cols = logits_shape(spec["loss"], spec["n"], spec["m"])
-    return {"loss": spec["loss"], "n": spec["n"], "d": spec["d"], "keys": cols,
+    return {"loss": spec["loss"], "label": case_name(spec), "n": spec["n"], "d": spec["d"],
+            "keys": cols,
             "dtype": dtype_name(dtype), "impl": impl, "status": "ok", "note": ""}
 
 
@@ -430,19 +469,25 @@ def bench_one(spec, dtype, args, timing, mode, checks):
         done["for_shapes"].append(n)
 
     inf_cl_ok, inf_cl_why = inf_cl_available() if "inf_cl" in spec["impls"] else (False, None)
+    lightly_ok, lightly_why = peer_available("lightly", "lightly.loss", "NTXentLoss")
     rows = []
     for impl in IMPLS:
         if impl == "inf_cl" and impl not in spec["impls"]:
             continue  # only listed where it applies (CUDA, clip)
+        if impl == "lightly" and loss not in LIGHTLY_LOSSES:
+            continue  # lightly has no such loss: no row, an empty cell
+        if impl == "lightly" and impl in spec["impls"] and not lightly_ok and not ref_skip:
+            rows.append(skipped_row(spec, impl, dtype, lightly_why))
+            continue
         if impl not in spec["impls"]:
             note = spec["note"]
-            if impl in ("eager", "compile") and ref_bytes > ref_limit:
+            if impl in ("eager", "compile", "lightly") and ref_bytes > ref_limit:
                 note = ref_skip
             elif impl == "eager":
                 note = f"{note}; reference would need ~{ref_bytes / 1e9:.1f} GB (estimate)"
             rows.append(skipped_row(spec, impl, dtype, note))
             continue
-        if impl in ("eager", "compile") and ref_skip:
+        if impl in ("eager", "compile", "lightly") and ref_skip:
             rows.append(skipped_row(spec, impl, dtype, ref_skip))
             continue
         if impl == "inf_cl" and not inf_cl_ok:
@@ -518,7 +563,7 @@ def table_rows(rows, device):
         out.append(t)
     columns = [("loss", "loss"), ("n", "B/N"), ("d", "D"), ("keys", "keys"), ("dtype", "dtype"),
                ("impl", "impl")]
-    columns += TIMING_COLUMNS
+    columns += timing_columns("fwd+bwd")
     if device == "cuda":
         columns += [("tflops", "TFLOP/s")]
     return format_table(out, columns + [("note", "note")])
@@ -540,9 +585,11 @@ def main(argv=None):
     args = parse_args(argv)
     return run_benchmark_main(
         args, name="info_nce", title="InfoNCE",
-        legend="times: median over repeats after warm-up; IQR = p25-p75; '/jf' = time / "
-               "jem_fast time in this run (>1: jem_fast faster); keys = logits columns "
-               "(simclr 2B, clip N, moco bank size + 1)",
+        legend="simclr: NT-Xent on two views of B rows (2B x 2B logits); clip: symmetric "
+               "InfoNCE on N pairs; moco: NT-Xent against a bank of keys; fwd+bwd = the loss "
+               "and the gradients of the inputs that get one; against the eager reference "
+               "(materializes the logits), torch.compile of it and lightly.loss.NTXentLoss",
+        step="fwd+bwd",
         run=run, evaluate_targets=evaluate_targets, table=table_rows,
         memory_probe=memory_probe, methodology=METHODOLOGY,
         extra_payload={"losses": list(args.losses)})

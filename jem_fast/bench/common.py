@@ -14,12 +14,16 @@ One implementation on one shape
     measure_row(row, build, ...)    times fwd+bwd (and fwd), checks for contention, measures
                                     peak extra memory; failures of the baselines become rows
 Output
-    machine_info(device, threads), format_table(rows, columns), write_results(...)
+    machine_info(device, threads), write_results(...)
+    compact_table(rows, step)       the default table: one line per case, "vs <impl>" ratios,
+                                    peak memory, reasons instead of bare "skip"; <= 160 chars
+    format_table(rows, columns)     any table (the --wide one: one line per implementation)
 The driver shared by the bench_* modules
     benchmark_parser(module, doc)   the common command line (--device, --quick/--full, --out,
-                                    --threads, --dtype, and the internal --memory-probe)
+                                    --threads, --dtype, --wide, --baselines, and the internal
+                                    --memory-probe)
     run_benchmark_main(args, ...)   memory-probe dispatch, checks, machine info, the run, the
-                                    printed table and Targets, warnings, the JSON and CSV;
+                                    printed table, warnings, the JSON (targets included) and CSV;
                                     returns the JSON payload (for `jem-fast bench`)
 """
 from __future__ import annotations
@@ -29,9 +33,11 @@ import csv
 import ctypes
 import datetime
 import gc
+import importlib
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -78,6 +84,9 @@ TIMING = {
 # forward+backward takes at most this long, to keep --quick (every family together, as
 # `jem-fast bench --quick` runs them) under 3 minutes on 2 cores; --full compiles everywhere.
 QUICK_COMPILE_MAX_EAGER_S = 0.5
+
+# The widest line the default output prints: it has to fit a terminal (--wide lifts it).
+MAX_LINE_WIDTH = 160
 
 # A timing is flagged CONTENDED when other processes used more than this fraction of all CPUs
 # while it ran (from /proc/stat; on a 2-core machine one busy neighbour is 0.5).
@@ -394,11 +403,27 @@ def baseline_skip_note(impl, selected):
     return None
 
 
+def peer_available(package: str, module: str, *names: str):
+    """(True, None) when `module` imports and has `names`; else (False, the note of the rows
+    that skip it: "<package> not importable (...)", which the tables show as "not
+    installed")."""
+    try:
+        imported = importlib.import_module(module)
+        missing = [n for n in names if not hasattr(imported, n)]
+        if missing:
+            raise ImportError(f"{module} has no {', '.join(missing)}")
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken dependency of the peer
+        return False, f"{package} not importable ({type(exc).__name__}: {str(exc)[:80]})"
+    return True, None
+
+
 def quick_compile_skip(rows, mode, device) -> str | None:
     """The note of a compile row that --quick on CPU skips because the eager row (already in
     `rows`) was slower than QUICK_COMPILE_MAX_EAGER_S; None: run it."""
     if mode != "quick" or device != "cpu":
         return None
+    if baseline_skip_note("compile", _SELECTED_BASELINES) is not None:
+        return None  # not selected at all: measure_row says so
     eager = next((r for r in rows if r["impl"] == "eager"), {})
     eager_s = eager["fwd_bwd"]["median_ms"] / 1e3 if "fwd_bwd" in eager else 0.0
     if eager_s <= QUICK_COMPILE_MAX_EAGER_S:
@@ -488,6 +513,26 @@ def cpu_busy_fraction(interval_s: float = 0.5) -> float | None:
     return other_cpu_fraction(before, cpu_times())
 
 
+def default_threads() -> int:
+    """The CPUs this process may run on (its affinity mask: taskset and cgroup cpusets count),
+    else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def run_header(title, device, mode, threads, machine, dtypes=None) -> str:
+    """The line that opens a table: what ran where, with how many threads, on which torch."""
+    where = machine.get("gpu_name") if device == "cuda" else machine.get("cpu_model")
+    usable = machine.get("usable_cpus")
+    return (f"jem_fast {title}: {device} ({where}), {mode} grid"
+            + (f", {', '.join(dtypes)}" if dtypes else "")
+            + f", {threads} thread{'s' if threads != 1 else ''}"
+            + (f" (of {usable} usable CPUs)" if usable else "")
+            + f", torch {str(machine.get('torch_version', torch.__version__)).split('+')[0]}")
+
+
 def machine_info(device: str, threads: int) -> dict:
     import jem_fast
 
@@ -496,6 +541,7 @@ def machine_info(device: str, threads: int) -> dict:
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
         "logical_cpus": os.cpu_count(),
+        "usable_cpus": default_threads(),
         "torch_version": torch.__version__,
         "torch_num_threads": torch.get_num_threads(),
         "threads_requested": threads,
@@ -525,16 +571,38 @@ def _extension_file_info(jem_fast) -> dict | None:
     return {"path": path, "mtime": mtime.isoformat(timespec="seconds")}
 
 
-def format_table(rows, columns) -> str:
-    """rows: list of dicts; columns: list of (key, header). Values are printed as given."""
+def format_table(rows, columns, max_width=None) -> str:
+    """rows: list of dicts; columns: list of (key, header). Values are printed as given.
+
+    max_width: the widest line allowed; a last column keyed "note" is cut (ending in "...")
+    to fit it. Other columns are never cut: they hold the numbers."""
     cells = [[str(row.get(key, "")) for key, _ in columns] for row in rows]
     headers = [header for _, header in columns]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    if max_width is not None and columns and columns[-1][0] == "note":
+        room = max(max_width - sum(widths[:-1]) - 2 * (len(widths) - 1), len(headers[-1]))
+        if widths[-1] > room:
+            widths[-1] = room
+            cells = [c[:-1] + [shorten(c[-1], room)] for c in cells]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()
     out = [line, "-" * len(line)]
-    out += ["  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(cell, widths))
-            for cell in cells]
+    out += ["  ".join(c.rjust(w) if _numeric(c) else c.ljust(w)
+                      for c, w in zip(cell, widths)).rstrip() for cell in cells]
     return "\n".join(out)
+
+
+def shorten(text: str, width: int) -> str:
+    """text cut to `width` characters, the cut marked with '...'."""
+    text = str(text)
+    return text if len(text) <= width else text[:max(width - 3, 0)] + "..."
+
+
+def wrap(text: str, width: int = None, indent: str = "") -> str:
+    """A paragraph of legend text broken into lines of at most `width` characters."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width=width or MAX_LINE_WIDTH, initial_indent=indent,
+                                    subsequent_indent=indent, break_on_hyphens=False))
 
 
 def _numeric(text: str) -> bool:
@@ -559,10 +627,19 @@ def write_results(out_dir, stem: str, payload: dict, rows: list[dict]):
     return json_path, csv_path
 
 
-# Table columns of the timings, after each benchmark's own shape columns (cells: timing_cells).
-TIMING_COLUMNS = [("fb", "fwd+bwd ms"), ("iqr", "IQR ms"), ("minmax", "min-max ms"),
-                  ("reps", "n"), ("fwd", "fwd ms"), ("xfb", "f+b /jf"), ("xf", "fwd /jf"),
-                  ("peak", "peak extra MB")]
+# --------------------------------------------------------------------------------------------
+# Tables: the compact one (default, one line per case) and the --wide one (one per impl)
+# --------------------------------------------------------------------------------------------
+
+def timing_columns(step: str = "fwd+bwd"):
+    """Columns of the --wide table (one line per implementation; cells: timing_cells), after
+    each benchmark's own shape columns. `step`: what one timed call does, for the header."""
+    return [("fb", f"{step} ms"), ("iqr", "IQR ms"), ("minmax", "min-max ms"),
+            ("reps", "n"), ("fwd", "fwd ms"), ("xfb", "time / jem_fast"),
+            ("xf", "fwd / jem_fast"), ("peak", "peak extra MB")]
+
+
+TIMING_COLUMNS = timing_columns()
 
 
 def timing_cells(r) -> dict:
@@ -582,6 +659,200 @@ def timing_cells(r) -> dict:
     if "compile_s" in r:
         cells["note"] = (f"compile {r['compile_s']} s " + cells["note"]).strip()
     return cells
+
+
+# Shape fields, in the order a case's name lists them when its rows carry no "label".
+SHAPE_KEYS = ("n", "d", "m", "b", "k", "crops", "images", "views")
+
+# Columns of the comparisons, left to right: the eager reference (for the EMA update, the
+# per-parameter Python loop plays that part), torch.compile of it, then the peer libraries;
+# anything else (in-module variants such as foreach_lerp) after them.
+IMPL_ORDER = ("eager", "loop", "compile", "lightly", "inf_cl", "kornia", "torchvision")
+
+# Why a row has no time, in the few words a table cell has room for, and what each means (the
+# legend under a table lists the ones it uses).
+REASONS = {
+    "too big": "the reference's estimated memory exceeds the limit (CPU 4 GB, CUDA half the "
+               "GPU), so it is not run",
+    "OOM": "ran out of memory",
+    "--full only": "left out of --quick to keep it short; --full runs it",
+    "not installed": "that library is not importable here (pip install it)",
+    "not selected": "left out by --baselines",
+    "compile failed": "torch.compile raised an error",
+    "failed": "raised an error (see --wide or the JSON)",
+    "skipped": "not run (see --wide or the JSON)",
+}
+CONTENDED_MARK = "*"
+
+
+def case_label(row) -> str:
+    """A case (what every implementation's row of one measurement shares) in words: the row's
+    "label" where the benchmark sets one (e.g. "vicreg N=256 D=8192"), else its op name and
+    shape fields."""
+    if row.get("label"):
+        return str(row["label"])
+    name = row.get("loss") or row.get("op") or row.get("part") or row.get("case") or ""
+    parts = [str(name)] if name else []
+    for key in SHAPE_KEYS:
+        value = row.get(key)
+        if value not in (None, "", "-"):
+            parts.append(f"{key.upper() if len(key) == 1 else key}={value}")
+    return " ".join(parts)
+
+
+def reason_tag(row) -> str:
+    """The REASONS key for a row (or summary entry) that has no time: status and note."""
+    note = str(row.get("note") or "").lower()
+    if "not in --baselines" in note:
+        return "not selected"
+    if "not importable" in note or "not installed" in note:
+        return "not installed"
+    if "compile failed" in note:
+        return "compile failed"
+    if any(word in note for word in ("out of memory", "can't allocate", "cannot allocate",
+                                     "memoryerror", "oom")):
+        return "OOM"
+    if "estimated" in note and "gb" in note:
+        return "too big"
+    if "--quick" in note or "--full" in note:
+        return "--full only"
+    return "failed" if row.get("status") == "n/a" else "skipped"
+
+
+def is_contended(row) -> bool:
+    return (row.get("other_cpu_fraction") or 0.0) > CONTENDED_FRACTION
+
+
+def format_ms(ms) -> str:
+    """A time in ms with 3 significant digits (no 'e' notation)."""
+    if ms is None:
+        return ""
+    for limit, digits in ((100, 0), (10, 1), (1, 2)):
+        if ms >= limit:
+            return f"{ms:.{digits}f}"
+    return f"{ms:.3f}"
+
+
+def format_ratio(ratio) -> str:
+    if ratio is None:
+        return ""
+    return f"{ratio:.0f}x" if ratio >= 100 else f"{ratio:.1f}x" if ratio >= 10 \
+        else f"{ratio:.2f}x"
+
+
+def format_mb(value) -> str:
+    if isinstance(value, (int, float)):
+        return f"{value:.0f}" if abs(value) >= 10 else f"{value:.1f}"
+    return str(value or "")
+
+
+def ordered_impls(names):
+    """Comparison impl names in IMPL_ORDER, the others after them in their first-seen order."""
+    names = list(dict.fromkeys(names))
+    return sorted(names, key=lambda x: (IMPL_ORDER.index(x) if x in IMPL_ORDER
+                                        else len(IMPL_ORDER), names.index(x)))
+
+
+def ratio_cell(row) -> str:
+    """'3.00x' (row's time / jem_fast's), marked when contended; or why there is none."""
+    if row is None:
+        return ""
+    if row.get("status") == "ok" and row.get("fwd_bwd_vs_jem_fast") is not None:
+        return format_ratio(row["fwd_bwd_vs_jem_fast"]) + (
+            CONTENDED_MARK if is_contended(row) else "")
+    return reason_tag(row)
+
+
+def table_legend(time_header, tags=(), contended=False, extra=None) -> str:
+    """The lines under a compact table or the summary: what the columns mean, the reasons
+    that appear in it, the contention mark."""
+    lines = [wrap(f"{time_header}: jem_fast's median; vs X: X's median time / jem_fast's in "
+                  "the same run (3.00x: jem_fast 3 times as fast; below 1x: slower)"),
+             "MB: peak extra memory of one call (CPU: peak RSS of a fresh process; CUDA: "
+             "max_memory_allocated)"]
+    if extra:
+        lines.append(wrap(extra))
+    used = [t for t in REASONS if t in tags]
+    if used:
+        lines.append(wrap("no ratio: " + "; ".join(f"{t} = {REASONS[t]}" for t in used)))
+    if contended:
+        lines.append(wrap(f"{CONTENDED_MARK} timed while other processes used more than "
+                          f"{100 * CONTENDED_FRACTION:.0f}% of the CPUs: rerun on a quiet "
+                          "machine before quoting it"))
+    return "\n".join(lines)
+
+
+def compact_table(rows, step: str = "time", max_width: int = None) -> str:
+    """One line per case: jem_fast's median time, every other implementation's time as a
+    multiple of it ("vs eager"), the peak extra memory of jem_fast and of the eager reference,
+    and a short note; the legend under it. The --wide table has every figure of every row.
+
+    step: what one timed call does ("fwd+bwd", "fwd", "call"): the time column's header. Where
+    rows carry their own "step" (clustering: Sinkhorn forward, losses fwd+bwd) and they differ,
+    a "step" column says it per case."""
+    max_width = max_width or MAX_LINE_WIDTH
+    cases = {}
+    for r in rows:
+        cases.setdefault((case_label(r), r.get("dtype")), []).append(r)
+    several_dtypes = len({r.get("dtype") for r in rows}) > 1
+    impls = ordered_impls(r["impl"] for r in rows if r["impl"] != "jem_fast")
+    # A comparison nobody asked for (--baselines), or whose library is missing everywhere,
+    # gets a line under the table instead of a column.
+    absent = {}
+    for impl in impls:
+        tags = {reason_tag(r) if r["status"] != "ok" else "ran" for r in rows
+                if r["impl"] == impl}
+        if "not selected" in tags:  # --baselines is one choice for the whole run
+            absent[impl] = "not selected"
+        elif tags == {"not installed"}:
+            absent[impl] = "not installed"
+    impls = [i for i in impls if i not in absent]
+    steps = {r.get("step") for r in rows if r.get("step")}
+    per_case_step = len(steps) > 1
+    time_header = f"{(steps.pop() if len(steps) == 1 else step)} ms" if not per_case_step \
+        else "jem_fast ms"
+    cells, tags, contended = [], set(), False
+    for (label, dtype), case_rows in cases.items():
+        by_impl = {r["impl"]: r for r in case_rows}
+        jf = by_impl.get("jem_fast")
+        if jf is None:
+            continue
+        cell = {"case": label + (f" {dtype}" if several_dtypes else ""),
+                "step": jf.get("step", step), "jf_mb": format_mb(jf.get("peak_extra_mb"))}
+        if jf["status"] == "ok":
+            cell["ms"] = format_ms(jf["fwd_bwd"]["median_ms"]) + (
+                CONTENDED_MARK if is_contended(jf) else "")
+        else:
+            cell["ms"] = reason_tag(jf)
+            tags.add(cell["ms"])
+        for impl in impls:
+            other = by_impl.get(impl)
+            cell[impl] = ratio_cell(other)
+            if other is not None and other.get("status") != "ok":
+                tags.add(cell[impl])
+            contended |= other is not None and is_contended(other)
+        reference = by_impl.get("eager") or by_impl.get("loop")
+        cell["ref_mb"] = format_mb(reference.get("peak_extra_mb")) if reference else ""
+        # The contention note is the mark on the time; what else jem_fast's row says stays.
+        notes = [re.sub(r"CONTENDED: [^;]*% of the CPUs while timing;?", "",
+                        jf.get("note") or "").strip()]
+        contended |= is_contended(jf)
+        compiled = by_impl.get("compile", {})
+        if "compile_s" in compiled:
+            notes.append(f"compiling took {compiled['compile_s']:.0f} s")
+        cell["note"] = "; ".join(n for n in notes if n)
+        cells.append(cell)
+    columns = [("case", "case")] + ([("step", "timed")] if per_case_step else [])
+    columns += [("ms", time_header)] + [(i, f"vs {i}") for i in impls]
+    columns += [("jf_mb", "jem_fast MB"), ("ref_mb", "eager MB")]
+    if any(c["note"] for c in cells):
+        columns.append(("note", "note"))
+    table = format_table(cells, columns, max_width=max_width)
+    text = table + "\n" + table_legend(time_header, tags, contended)
+    if absent:
+        text += "\n" + wrap("not compared: " + ", ".join(f"{impl} ({why})"
+                                                         for impl, why in absent.items()))
+    return text
 
 
 def flatten(row):
@@ -609,19 +880,24 @@ def benchmark_parser(module: str, doc: str) -> argparse.ArgumentParser:
     size.add_argument("--full", action="store_true", help="full grid, more repeats, compile "
                                                           "everywhere")
     p.add_argument("--out", default="benchmarks/out", help="output folder (default %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--threads", type=int, default=default_threads(),
+                   help="torch.set_num_threads (default: the CPUs this process may use, "
+                        "%(default)s here)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None,
                    help="default: float32 on CPU, bfloat16 and float32 on CUDA")
     p.add_argument("--baselines", default=None, metavar="LIST",
                    help="comma-separated subset of " + ",".join(BASELINE_IMPLS) +
                         " (default: every baseline the benchmark knows)")
+    p.add_argument("--wide", action="store_true",
+                   help="one line per implementation with every figure (spread, forward "
+                        "alone, full notes) instead of one line per case")
     p.add_argument("--memory-probe", metavar="SPEC_JSON", default=None,
                    help=argparse.SUPPRESS)  # internal: the child process of the memory probe
     return p
 
 
 def run_benchmark_main(args, *, name, title, legend, run, evaluate_targets, table,
-                       memory_probe, methodology, extra_payload=None):
+                       memory_probe, methodology, extra_payload=None, step=None):
     """Runs one benchmark from its parsed command line (see benchmark_parser).
 
     name: "covariance", ... -- the JSON's "benchmark" and the output files'
@@ -632,6 +908,9 @@ def run_benchmark_main(args, *, name, title, legend, run, evaluate_targets, tabl
         (met None: information, printed INFO); table(rows, device) -> the printed table;
     memory_probe(spec) -> dict: the child side of --memory-probe.
     extra_payload: more top-level JSON fields, placed after "threads".
+    step: what one timed call does ("fwd+bwd", "fwd", "call", "update"), the header of the
+        compact table's time column (rows with their own "step" field override it).
+    The compact table (compact_table) is printed unless args.wide, then table(rows, device).
     """
     import jem_fast
 
@@ -664,33 +943,33 @@ def run_benchmark_main(args, *, name, title, legend, run, evaluate_targets, tabl
     targets = evaluate_targets(rows, args)
 
     mode = benchmark_mode(args)
-    print(f"\njem_fast {title} benchmark -- {args.device}, {mode}, "
-          f"torch.set_num_threads({args.threads}), torch {torch.__version__}")
-    print(legend)
-    print(table(rows, args.device))
-    if targets:
-        print(f"\nTargets ({targets['shape']})" + (f" -- {targets['note']}"
-                                                     if targets["note"] else ""))
-        for t in targets["items"]:
-            flag = "INFO  " if t["met"] is None else "MET   " if t["met"] else "MISSED"
-            print(f"  {flag} {t['target']}: {t['measured']}")
-    contended = [r for r in rows if (r.get("other_cpu_fraction") or 0.0) > CONTENDED_FRACTION]
+    wide = getattr(args, "wide", False)
+    print("\n" + wrap(run_header(f"{title} benchmark", args.device, mode, args.threads,
+                                 machine, sorted({r["dtype"] for r in rows if r.get("dtype")}))))
+    if legend:
+        print(wrap(legend, width=None if not wide else 10**6))
+    # The targets of the project's issues stay in the JSON ("targets"): they are not the user's.
+    print(table(rows, args.device) if wide else compact_table(rows, step=step or "time"))
+    contended = [r for r in rows if is_contended(r)]
     if contended:
-        print(f"\nWARNING: {len(contended)} timing(s) ran while other processes used more than "
-              f"{100 * CONTENDED_FRACTION:.0f}% of the CPUs (CONTENDED in the notes); rerun "
-              "on a quiet machine before comparing them.")
+        print("\n" + wrap(f"WARNING: {len(contended)} timing(s) ran while other processes used "
+                          f"more than {100 * CONTENDED_FRACTION:.0f}% of the CPUs ("
+                          + ("CONTENDED in the notes" if wide else f"marked {CONTENDED_MARK}")
+                          + "); rerun on a quiet machine before comparing them."))
     # The extension is rebuilt in place; the CPU memory probes load it afresh in each child.
     ext_end = _extension_file_info(jem_fast)
     if ext_end != machine["jem_fast_extension"]:
-        print(f"\nWARNING: the jem_fast extension file changed during the run "
-              f"({machine['jem_fast_extension']} -> {ext_end}); memory probes (fresh processes) "
-              "may have loaded another build than the timings. Rerun.")
+        print("\n" + wrap(f"WARNING: the jem_fast extension file changed during the run "
+                          f"({machine['jem_fast_extension']} -> {ext_end}); memory probes "
+                          "(fresh processes) may have loaded another build than the timings. "
+                          "Rerun."))
     print(f"\ntotal wall time {total_s:.0f} s")
 
     now = datetime.datetime.now()
     payload = {
         "benchmark": name, "date": now.isoformat(timespec="seconds"),
         "argv": sys.argv, "device": args.device, "mode": mode, "threads": args.threads,
+        "step": step,
         **(extra_payload or {}),
         "dtypes": sorted({r["dtype"] for r in rows}), "timing": TIMING[(args.device, mode)],
         "machine": machine, "methodology": methodology, "correctness_checks": checks,
@@ -701,6 +980,6 @@ def run_benchmark_main(args, *, name, title, legend, run, evaluate_targets, tabl
     payload["machine"]["cpu_busy_fraction_at_end"] = cpu_busy_fraction()
     stem = f"{name}_{args.device}_{now:%Y%m%d-%H%M%S}"
     json_path, csv_path = write_results(args.out, stem, payload, [flatten(r) for r in rows])
-    print(f"wrote {json_path} and {csv_path}")
+    print(f"wrote {json_path}\nwrote {csv_path}")
     payload["files"] = {"json": str(json_path), "csv": str(csv_path)}
     return payload

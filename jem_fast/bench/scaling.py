@@ -2,6 +2,7 @@
 materializing reference stops fitting while jem_fast keeps going.
 
     python -m jem_fast.bench.scaling [--device cpu|cuda] [--quick|--full] [--out DIR]
+                                     [--losses vicreg,barlow_twins,simclr]
     jem-fast bench --scaling          (also part of `jem-fast bench --full`)
 
 Sweeps: VICReg and Barlow Twins with D fixed and N growing, and with N fixed and D growing (the
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 from . import bench_covariance as cov
 from . import bench_info_nce as nce
-from .common import (TIMING, TIMING_COLUMNS, benchmark_dtypes, benchmark_mode, benchmark_parser,
-                     format_table, run_benchmark_main, timing_cells)
+from .common import (TIMING, benchmark_dtypes, benchmark_mode, benchmark_parser, format_table,
+                     run_benchmark_main, timing_cells, timing_columns)
 
 MODULE = "jem_fast.bench.scaling"
 
@@ -54,12 +55,17 @@ METHODOLOGY = {
 }
 
 
+LOSSES = cov.LOSSES + ("simclr",)
+
+
 def run(args):
     mode = benchmark_mode(args)
     timing = TIMING[(args.device, mode)]
     rows, checks = [], []
     for dtype in benchmark_dtypes(args):
         for sweep, family, loss, points in _sweeps(args.device, mode):
+            if loss not in args.sweep_losses:
+                continue
             for n, d in points:
                 if family == "covariance":
                     got = cov.bench_one(loss, n, d, dtype, args, timing, mode, checks)
@@ -103,7 +109,7 @@ def table_rows(rows, device):
     columns = [("loss", "loss"), ("sweep", "sweep"), ("n", "N"), ("d", "D"), ("dtype", "dtype"),
                ("impl", "impl")]
     keep = ("fb", "iqr", "reps", "fwd", "xfb", "peak")
-    columns += [c for c in TIMING_COLUMNS if c[0] in keep]
+    columns += [c for c in timing_columns("fwd+bwd") if c[0] in keep]
     return format_table(out, columns + [("note", "note")])
 
 
@@ -114,16 +120,23 @@ def _no_probe(spec):
 
 def main(argv=None):
     p = benchmark_parser(MODULE, __doc__)
+    p.add_argument("--losses", default=",".join(LOSSES),
+                   help="comma-separated subset of %(default)s: the sweeps to run")
     args = p.parse_args(argv)
+    args.sweep_losses = tuple(x.strip() for x in args.losses.split(",") if x.strip())
+    unknown = set(args.sweep_losses) - set(LOSSES)
+    if unknown or not args.sweep_losses:
+        p.error(f"--losses: unknown {sorted(unknown)}; choose from {LOSSES}")
     if args.baselines is None:
         args.baselines = "reference"
-    # bench_info_nce.bench_one reads the selected losses from args
+    # bench_info_nce.bench_one reads the selected InfoNCE losses from args
     args.losses = ("simclr",)
     return run_benchmark_main(
         args, name="scaling", title="scaling (VICReg/Barlow Twins N and D, InfoNCE N)",
-        legend="times: median over repeats after warm-up; IQR = p25-p75; '/jf' = time / "
-               "jem_fast time at the same point (>1: jem_fast faster); a reference that does "
-               "not fit is 'skipped' (its memory estimate) or 'n/a' (out of memory)",
+        legend="each point: fwd+bwd of the loss at that N or D, jem_fast and the eager "
+               "reference side by side; where the reference would not fit it is not run "
+               "('too big': its memory estimate) or runs out of memory ('OOM')",
+        step="fwd+bwd",
         run=run, evaluate_targets=evaluate_targets, table=table_rows, memory_probe=_no_probe,
         methodology=METHODOLOGY,
         extra_payload={"family_methodology": {"covariance": cov.METHODOLOGY,
