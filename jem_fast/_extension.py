@@ -118,7 +118,13 @@ def require_extension():
 
 def build_info() -> dict:
     """What this build was compiled with: torch and CUDA versions, archs, kernels per device,
-    and (for builds made by setup.py) why CUDA kernels were or were not compiled."""
+    and (for builds made by setup.py) why CUDA kernels were or were not compiled.
+
+    Returns:
+        dict with torch_version, with_cuda, cuda_version, cuda_archs, cpu_kernels and
+        cuda_kernels (the ops with a kernel on each device), cuda_reason (why CUDA kernels
+        were or were not compiled, and how to change it) and build_type (release or debug).
+    """
     info = dict(_C.build_info())
     if _BUILD_CONFIG is not None:
         info["cuda_reason"] = _BUILD_CONFIG.CUDA_REASON

@@ -47,7 +47,8 @@ OP_ALIASES = {"barlow": "barlow_twins", "barlowtwins": "barlow_twins", "ntxent":
 BASELINES = ("reference", "compile", "lightly", "kornia", "torchvision", "inf_cl")
 # The ops the scaling view sweeps, per family (its --losses values).
 SCALING_OPS = {"covariance": ("vicreg", "barlow_twins"), "info_nce": ("simclr",)}
-OPTIONAL_PEERS = ("lightly", "kornia", "torchvision", "inf_cl", "matplotlib")
+OPTIONAL_PEERS = ("lightly", "kornia", "torchvision", "inf_cl", "matplotlib", "nvidia-dali-cuda130",
+                  "pillow-simd")
 
 
 def _available_families():
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--quick", action="store_true",
                       help="small grid, few repeats (default)")
     size.add_argument("--full", action="store_true",
-                      help="the whole grid of performance.md, more repeats, and the scaling view")
+                      help="every case of each family, more repeats, and the scaling view")
     bench.add_argument("--scaling", action="store_true",
                        help="the scaling view: VICReg/Barlow Twins with N growing and D "
                             "growing, InfoNCE with N growing, up to where the reference runs "
@@ -250,6 +251,7 @@ def cmd_info(args) -> int:
           f"CUDA kernels: {'yes' if info.get('with_cuda') else 'no'}"
           + (f" (CUDA {info.get('cuda_version')}, archs {info.get('cuda_archs') or '?'})"
              if info.get("with_cuda") else ""))
+    print(f"  why: {info.get('cuda_reason', 'unknown')}; {info.get('build_type', 'unknown')} build")
     cpu_k, cuda_k = list(info.get("cpu_kernels", [])), list(info.get("cuda_kernels", []))
     print(f"  CPU kernels ({len(cpu_k)}):\n" + _wrap(cpu_k, "    "))
     if info.get("with_cuda"):

@@ -111,7 +111,7 @@ CPU_GATE_MAX_B = {"dino": 16}
 CUDA_ROTATE_MIN_BYTES = 256 * 2**20
 CUDA_ROTATE_MAX_SETS = 8
 
-HBM_BYTES_PER_S = 4.3e12  # measured device-to-device copy of an H200 (spec/performance.md)
+HBM_BYTES_PER_S = 4.3e12  # measured device-to-device copy of an H200
 
 # Targets (issue). CPU, float32, 2 threads: DINO fwd+bwd (B=64, K=65536, 2+10 crops) >= 3x
 # faster than eager and jem_fast peak extra memory < 1/3 of eager's; Sinkhorn 4096 x 3000 >= 2x
@@ -177,7 +177,7 @@ METHODOLOGY = {
              "an implementation may write and re-read (2 B K floats per teacher crop)",
     "gbps": "achieved GB/s = bytes / median time / 1e9; hbm_fraction = that / "
             f"{HBM_BYTES_PER_S / 1e12:.1f} TB/s (the measured H200 copy ceiling, "
-            "spec/performance.md); the 'HBM floor' of a step = bytes / 4.3 TB/s. Computed on "
+            "device-to-device); the 'HBM floor' of a step = bytes / 4.3 TB/s. Computed on "
             "CPU too (JSON only), where it is not a ceiling fraction",
     "other_cpu_fraction": "share of all CPUs' time used by other processes while the row was "
                           "timed (/proc/stat busy minus this process's CPU time); rows above "

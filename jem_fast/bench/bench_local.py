@@ -40,7 +40,7 @@ COSINE_IMPLS = ("jem_fast", "eager", "compile")
 EMA_IMPLS = ("jem_fast", "loop", "lightly", "foreach_lerp")
 MOMENTUM = 0.996
 
-HBM_CEILING_BYTES_PER_S = 4.3e12  # measured H200 HBM3e bandwidth (performance.md)
+HBM_CEILING_BYTES_PER_S = 4.3e12  # measured H200 HBM3e bandwidth (a device-to-device copy)
 
 # Correctness gate: relative error of the loss, norm-wise relative error of the gradients
 # against float64 (low precision: at most max(this, 2 x the reference's own error in that dtype)).

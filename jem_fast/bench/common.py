@@ -61,6 +61,8 @@ BASELINE_IMPLS = {
     "inf_cl": ("inf_cl",),
     "kornia": ("kornia",),
     "torchvision": ("torchvision",),
+    "dali": ("dali",),
+    "pillow_simd": ("lightly_simd",),
 }
 # Rows of these impls are always measured: jem_fast itself, and in-module variants that are not
 # third-party baselines (the EMA loop / foreach comparisons of bench_local).
@@ -667,7 +669,8 @@ SHAPE_KEYS = ("n", "d", "m", "b", "k", "crops", "images", "views")
 # Columns of the comparisons, left to right: the eager reference (for the EMA update, the
 # per-parameter Python loop plays that part), torch.compile of it, then the peer libraries;
 # anything else (in-module variants such as foreach_lerp) after them.
-IMPL_ORDER = ("eager", "loop", "compile", "lightly", "inf_cl", "kornia", "torchvision")
+IMPL_ORDER = ("eager", "loop", "compile", "lightly", "lightly_simd", "inf_cl", "kornia",
+              "torchvision", "dali", "pillow")
 
 # Why a row has no time, in the few words a table cell has room for, and what each means (the
 # legend under a table lists the ones it uses).

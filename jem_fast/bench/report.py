@@ -24,7 +24,7 @@ IMPL_LABELS = {"eager": "reference", "compile": "compile"}
 # In-module variants (foreach_lerp) stay in their family's table and the JSON.
 DISPLAY_NAMES = {"reference": "eager", "compile": "compile", "lightly": "lightly",
                  "inf_cl": "inf_cl", "kornia": "kornia", "torchvision": "torchvision",
-                 "dali": "DALI"}
+                 "dali": "DALI", "lightly_simd": "lightly+pillow-simd"}
 STANDS_IN_FOR = {"reference": ("reference", "loop")}
 # What one timed call of a family is, where its payload and rows do not say.
 FAMILY_STEPS = {"augment": "call", "deepcluster": "fwd"}
