@@ -480,6 +480,7 @@ class Method:
             self.loss = SwaVLoss(sinkhorn_gather_distributed=gather)
         else:
             out_dim = raw_model.head.last.out_features
+            # the official DINO defaults: teacher temperature 0.04 throughout (no warmup)
             self.loss = DINOLoss(output_dim=out_dim, warmup_teacher_temp=0.04,
                                  teacher_temp=0.04, warmup_teacher_temp_epochs=max(1, epochs // 2))
             self.loss.to(next(raw_model.parameters()).device)

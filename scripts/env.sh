@@ -37,4 +37,9 @@ if [ -z "$so" ] || [ "$built_for" != "$want" ] || \
      | grep -v "^WARNING: Location" || true)
   mkdir -p "$JEM_ROOT/build" && echo "$want" > "$JEM_ROOT/build/.jem_fast_built_for"
 fi
-(cd /tmp && "$JEM_PY" -c "import jem_fast, json; print('jem_fast build:', json.dumps(jem_fast.build_info()))")
+(cd /tmp && "$JEM_PY" -c "
+import textwrap, jem_fast
+i = jem_fast.build_info()
+print(textwrap.fill(f\"jem_fast build: torch {i['torch_version']}, {len(i['cpu_kernels'])} CPU kernels, \"
+                    f\"{len(i['cuda_kernels'])} CUDA kernels (archs: {i['cuda_archs'] or '-'}); CUDA: {i['cuda_reason']}\",
+                    width=120, subsequent_indent='  '))")
