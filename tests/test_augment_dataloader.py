@@ -2,6 +2,7 @@
 PIL / numpy / tensor inputs, per-worker and per-epoch seeding through a real DataLoader with
 workers, one thread per worker, the multi-crop collate functions (shapes, labels, JPEG decode),
 per-image equal to batched, and bad inputs named in the error."""
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -174,6 +175,40 @@ def test_worker_seeding_distinct_and_reproducible(num_workers):
     assert torch.equal(a0, b0) and torch.equal(a1, b1)
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_epochs_differ_without_set_epoch(num_workers):
+    """How torchvision/lightly transforms are used: no set_epoch. Fresh worker forks every epoch
+    must not replay the first epoch's parameters; under torch.manual_seed a run repeats."""
+    def run():
+        torch.manual_seed(5)
+        transform = ViewTransform(small_preset(), seed=11)
+        loader = DataLoader(SameImage(8, transform), batch_size=2, num_workers=num_workers)
+        return [torch.cat([torch.stack(v, dim=1) for v, _ in loader]) for _ in range(2)]
+    (a0, a1), (b0, b1) = run(), run()
+    assert distinct_rows(torch.cat([a0, a1]))
+    assert torch.equal(a0, b0) and torch.equal(a1, b1)
+
+
+def test_float_parameters_that_require_grad_are_accepted():
+    from jem_fast.augment import functional as AF
+    images = torch.randint(0, 256, (2, 3, 20, 24), dtype=torch.uint8)
+    crop = torch.tensor([[0, 0, 20, 24], [2, 2, 16, 16]])
+    brightness = torch.tensor([1.1, 0.9], requires_grad=True)
+    out = AF.augment(images, {"crop": crop, "jitter": torch.tensor([True, True]),
+                              "brightness": brightness}, 8)
+    expected = AF.augment(images, {"crop": crop, "jitter": torch.tensor([True, True]),
+                                   "brightness": brightness.detach()}, 8)
+    assert torch.equal(out, expected)
+
+
+def test_replacing_views_takes_effect():
+    aug = small_preset()
+    image = torch.randint(0, 256, (3, 30, 30), dtype=torch.uint8)
+    assert aug([image])[0].shape[-1] == 16
+    aug.views = tuple(dataclasses.replace(v, size=12) for v in aug.views)
+    assert all(v.shape[-1] == 12 for v in aug([image]))
+
+
 def test_workers_and_main_process_use_different_streams():
     make = lambda: ViewTransform(small_preset(), seed=11)  # noqa: E731
     main = run_twice(make, 0, epochs=(0,))[0][0]
@@ -193,6 +228,7 @@ def test_one_thread_per_worker():
 
 def test_collate_in_workers_distinct_and_reproducible():
     def run():
+        torch.manual_seed(0)  # no set_epoch: the workers' torch seeds take part in the key
         collate = MultiViewCollate(small_dino(), seed=4)
         loader = DataLoader(SameImage(8), batch_size=2, num_workers=2, collate_fn=collate)
         out = []

@@ -161,7 +161,7 @@ def test_slots_of_one_size_apart_share_a_call_and_match():
     aug = A.MultiViewAugment([ViewConfig(size=32, blur_kernel_size=5, blur_p=1.0),
                               ViewConfig(size=16, blur_kernel_size=5),
                               ViewConfig(size=32, blur_kernel_size=5, hue=0.4)])
-    assert [slots for _, slots in aug._launch_groups] == [[0, 2], [1]]
+    assert [slots for _, slots in aug._slot_groups()] == [[0, 2], [1]]
     imgs = images_of([(40, 50), (70, 30)])
     views, params = aug(imgs, seed=2, return_params=True)
     for v, cfg, p in zip(views, aug.views, params):

@@ -52,6 +52,11 @@ process (num_workers=0). Hence:
     Workers are forked with the transform's state at each epoch's start, so this reaches them,
     except with persistent_workers=True: then the workers keep their own count across epochs
     (still distinct views every epoch, but an epoch can't be replayed alone).
+  - Without any set_epoch call (how torchvision and lightly transforms are used), the key of a
+    worker also mixes in the worker's torch seed (get_worker_info().seed), which the DataLoader
+    draws from torch's RNG (or its `generator`) for every epoch's iterator: views still differ
+    between epochs, and are reproducible under torch.manual_seed. Call set_epoch for keys that
+    do not depend on torch's RNG.
 Per-image and batched paths agree: in one process, a ViewTransform over images 0..N-1 gives
 the same views as a MultiViewCollate (same preset and seed) on the list of those images.
 
@@ -188,6 +193,7 @@ class _WorkerStream:
     def __init__(self, seed: int):
         self.seed = _check_seed(seed)
         self.epoch = 0
+        self._epoch_set = False
         self._slot: Optional[int] = None
         self._key = 0
         self._count = 0
@@ -196,6 +202,7 @@ class _WorkerStream:
         if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
         self.epoch = int(epoch)
+        self._epoch_set = True
         self._slot = None  # new key, count from 0
 
     def take(self, n: int) -> Tuple[int, int]:
@@ -204,6 +211,10 @@ class _WorkerStream:
         if slot != self._slot:  # first call after set_epoch, or a fresh copy in a worker
             self._slot = slot
             self._key = derive_seed(derive_seed(self.seed, slot), self.epoch)
+            if info is not None and not self._epoch_set:
+                # A fresh fork every epoch would otherwise replay the same stream: let the
+                # DataLoader's per-iterator worker seed tell the epochs apart.
+                self._key = derive_seed(self._key, info.seed % 2 ** 64)
             self._count = 0
         offset = self._count
         self._count += n

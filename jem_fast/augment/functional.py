@@ -174,7 +174,7 @@ def _value_problems(p, sizes, device):
     """{name: bad (B,) mask} of every value check; numpy on the CPU (a few microseconds), torch
     ops with one read-back elsewhere."""
     if device.type == "cpu" and _np is not None:
-        q = {k: v.numpy() for k, v in p.items()}
+        q = {k: v.detach().numpy() for k, v in p.items()}
         hw = _np.asarray(sizes, dtype=_np.int64).reshape(-1, 2)
         crop, lib = q["crop"], _np
         perm_ok = (_np.sort(q["order"], axis=1) == _np.arange(4)).all(axis=1)

@@ -163,7 +163,14 @@ class MultiViewAugment(torch.nn.Module):
         self.dtype = dtype
         self.channels_last = channels_last
         self.input_layout = input_layout
-        self._launch_groups = _launch_groups(views)
+        self._groups_of: Optional[Tuple[ViewConfig, ...]] = None
+        self._groups = None
+
+    def _slot_groups(self):
+        """The slot groups that share one kernel call, recomputed when `views` is replaced."""
+        if self._groups_of is not self.views:
+            self._groups, self._groups_of = _launch_groups(self.views), self.views
+        return self._groups
 
     @property
     def num_views(self) -> int:
@@ -209,7 +216,7 @@ class MultiViewAugment(torch.nn.Module):
         to_tensor = torch.from_numpy if on_numpy else (lambda t: t)
         views: List[Optional[torch.Tensor]] = [None] * len(self.views)
         slot_params: List[Optional[Dict[str, torch.Tensor]]] = [None] * len(self.views)
-        for cfg, slots in self._launch_groups:
+        for cfg, slots in self._slot_groups():
             options = dict(interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std,
                            dtype=self.dtype, channels_last=self.channels_last,
                            blur_kernel_size=cfg.blur_kernel_size,
