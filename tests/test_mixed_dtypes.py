@@ -12,7 +12,11 @@ import torch.nn.functional as F
 from jem_fast import losses
 from jem_fast.reference.info_nce import info_nce_loss_reference
 
-lightly_loss = pytest.importorskip("lightly.loss")
+try:  # the promotion checks run everywhere; the comparisons with lightly where it is installed
+    import lightly.loss as lightly_loss
+except ImportError:
+    lightly_loss = None
+needs_lightly = pytest.mark.skipif(lightly_loss is None, reason="lightly is not installed")
 
 DTYPE_PAIRS = [(torch.float16, torch.float32), (torch.bfloat16, torch.float32),
                (torch.float32, torch.float64), (torch.float16, torch.bfloat16)]
@@ -64,7 +68,7 @@ def _check_promotion(fn, values, dtypes, lightly_fn=None, lightly_must_accept=Fa
             continue
         assert g is not None and g.dtype == x.dtype
         torch.testing.assert_close(g, ref_g.to(x.dtype), rtol=0, atol=0)
-    if lightly_fn is None:
+    if lightly_fn is None or lightly_loss is None:
         return
     rtol = _tolerance(dtypes)
     try:
@@ -197,6 +201,7 @@ def test_dino(dtypes, centering):
                      lightly_must_accept=True)
 
 
+@needs_lightly
 def test_dino_center_follows_the_widest_teacher_crop():
     """As lightly (whose center update promotes), a float64 teacher crop makes the center
     float64, whichever crop it is."""
@@ -235,7 +240,7 @@ def test_negative_cosine_similarity(dtypes):
 @pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=PAIR_IDS)
 def test_symmetric_negative_cosine(dtypes):
     p0, z1, p1, z0 = _embeddings(12, 16, 4, seed=8)
-    lightly_ncs = lightly_loss.NegativeCosineSimilarity()
+    lightly_ncs = lightly_loss.NegativeCosineSimilarity() if lightly_loss else None
     _check_promotion(
         lambda z: losses.symmetric_negative_cosine([(z[0], z[1]), (z[2], z[3])]),
         [p0, z1, p1, z0], (dtypes[0], dtypes[1], dtypes[0], dtypes[1]),

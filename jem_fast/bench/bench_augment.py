@@ -51,6 +51,7 @@ environment they are reported as skipped with that reason.
 from __future__ import annotations
 
 import gc
+import importlib
 import io
 import statistics
 import time
@@ -723,6 +724,12 @@ def run(args):
     mode = benchmark_mode(args)
     if args.device != "cpu":
         return run_on_device(args, mode, args.device)
+    missing = [name for name, module in (("torchvision", "torchvision.io"), ("Pillow", "PIL"))
+               if not _importable(module)]
+    if missing:  # the inputs themselves (JPEG bytes, PIL images) need them, not only the peers
+        print(f"augment benchmark not run: it needs {' and '.join(missing)} to make its JPEG and "
+              "PIL inputs (pip install -r requirements-peers.txt)")
+        raise SystemExit(0)
     torch.set_num_threads(1)
     all_rows, checks = [], []
     images_all = make_images(max(NUM_IMAGES[mode].values()), seed=0)
@@ -748,6 +755,14 @@ def run(args):
         torch.set_num_threads(1)
     checks.append({"derived": extra})
     return all_rows, checks
+
+
+def _importable(module):
+    try:
+        importlib.import_module(module)
+        return True
+    except Exception:  # noqa: BLE001 - e.g. a torchvision wheel built for another torch
+        return False
 
 
 def make_inputs(images):
