@@ -109,7 +109,7 @@ def test_one_method_learns_on_a_slice_of_real_digits(example):
     # Seeded and single-threaded, this run moves the held-out k-NN from 61% to 86% (80 images):
     # the features of the trained encoder separate digits better than those of its random init.
     assert result.knn_after > result.knn_before, (result.knn_before, result.knn_after)
-    assert result.seconds > 0
+    assert math.isfinite(result.seconds)
 
 
 @needs_sklearn
