@@ -143,27 +143,13 @@ JEM_CPU_MULTIVERSION void load_tile(const uint8_t* const* rows, int count, int64
 }
 
 // dst[k * dst_stride + x] = sum_j w[x T + j] tile row k at column start[x] - offset + j, for the
-// first `count` rows of the tile.
-template <int T>
-JEM_CPU_MULTIVERSION void hpass_tile_fixed(const float* tile, const int64_t* start, const float* w,
-                                           int64_t out_w, int64_t offset, float* dst,
-                                           int64_t dst_stride, int count) {
-  for (int64_t x = 0; x < out_w; ++x) {
-    const float* s = tile + (start[x] - offset) * kTileRows;
-    const float* wx = w + x * T;
-    Vec8 acc = {};
-    for (int j = 0; j < T; ++j) {
-      Vec8 v;
-      __builtin_memcpy(&v, s + j * kTileRows, sizeof(Vec8));
-      acc += wx[j] * v;
-    }
-    for (int k = 0; k < count; ++k) dst[k * dst_stride + x] = acc[k];
-  }
-}
-
-JEM_CPU_MULTIVERSION void hpass_tile_any(const float* tile, const int64_t* start, const float* w,
-                                         int T, int64_t out_w, int64_t offset, float* dst,
-                                         int64_t dst_stride, int count) {
+// first `count` rows of the tile. kFixedTaps > 0 is T as a compile-time trip count (the common
+// tap counts); 0 takes T at run time.
+template <int kFixedTaps>
+JEM_CPU_MULTIVERSION void hpass_tile_taps(const float* tile, const int64_t* start, const float* w,
+                                          int runtime_taps, int64_t out_w, int64_t offset,
+                                          float* dst, int64_t dst_stride, int count) {
+  const int T = kFixedTaps > 0 ? kFixedTaps : runtime_taps;
   for (int64_t x = 0; x < out_w; ++x) {
     const float* s = tile + (start[x] - offset) * kTileRows;
     const float* wx = w + x * T;
@@ -182,13 +168,13 @@ void hpass_tile(const float* tile, const AxisTaps& tx, int64_t out_w, float* dst
   const int64_t* st = tx.start.data();
   const float* w = tx.w.data();
   switch (tx.T) {  // the common tap counts get a compile-time trip count
-    case 3: hpass_tile_fixed<3>(tile, st, w, out_w, tx.lo, dst, dst_stride, count); break;
-    case 5: hpass_tile_fixed<5>(tile, st, w, out_w, tx.lo, dst, dst_stride, count); break;
-    case 7: hpass_tile_fixed<7>(tile, st, w, out_w, tx.lo, dst, dst_stride, count); break;
-    case 9: hpass_tile_fixed<9>(tile, st, w, out_w, tx.lo, dst, dst_stride, count); break;
-    case 11: hpass_tile_fixed<11>(tile, st, w, out_w, tx.lo, dst, dst_stride, count); break;
-    case 13: hpass_tile_fixed<13>(tile, st, w, out_w, tx.lo, dst, dst_stride, count); break;
-    default: hpass_tile_any(tile, st, w, tx.T, out_w, tx.lo, dst, dst_stride, count);
+    case 3: hpass_tile_taps<3>(tile, st, w, 3, out_w, tx.lo, dst, dst_stride, count); break;
+    case 5: hpass_tile_taps<5>(tile, st, w, 5, out_w, tx.lo, dst, dst_stride, count); break;
+    case 7: hpass_tile_taps<7>(tile, st, w, 7, out_w, tx.lo, dst, dst_stride, count); break;
+    case 9: hpass_tile_taps<9>(tile, st, w, 9, out_w, tx.lo, dst, dst_stride, count); break;
+    case 11: hpass_tile_taps<11>(tile, st, w, 11, out_w, tx.lo, dst, dst_stride, count); break;
+    case 13: hpass_tile_taps<13>(tile, st, w, 13, out_w, tx.lo, dst, dst_stride, count); break;
+    default: hpass_tile_taps<0>(tile, st, w, tx.T, out_w, tx.lo, dst, dst_stride, count);
   }
 }
 
